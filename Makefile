@@ -1,0 +1,46 @@
+# sweep: hyperparameter search and experiment tracking for Lightning models.
+# Every target runs inside .venv, created on first use (`make install`).
+
+PYTHON ?= python3
+VENV ?= .venv
+# torch is pinned here (a local CPU wheel on the dev/CI machines); GPU users override it:
+#   make install TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu126"
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+ARGS ?=
+HOST ?= 127.0.0.1
+PORT ?= 5000
+
+.PHONY: install train sweep test lint ui clean help
+
+help:
+	@echo "make sweep | train | test | ui | lint | clean   (ARGS=\"hydra overrides\")"
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH)
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+train: $(STAMP)
+	$(BIN)/sweep train $(ARGS)
+
+sweep: $(STAMP)
+	$(BIN)/sweep tune $(ARGS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check sweep tests
+	$(BIN)/ruff format --check sweep tests
+
+ui: $(STAMP)
+	$(BIN)/mlflow ui --backend-store-uri $${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db} --host $(HOST) --port $(PORT)
+
+clean:
+	rm -rf .pytest_cache .ruff_cache lightning_logs

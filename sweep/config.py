@@ -1,0 +1,328 @@
+"""Compose run configs with Hydra and validate them before any work starts.
+
+Hydra is initialised once per process (initialising again raises, hydra #3364) and
+``compose`` is called per run or trial. Every error becomes a :class:`ConfigError` with
+one line naming the key and what is allowed. Nothing here imports torch or MLflow.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from sweep.errors import ConfigError
+
+#: conf/ beside the package (the repository layout); SWEEP_CONF_DIR points elsewhere.
+CONF_DIR = Path(os.environ.get("SWEEP_CONF_DIR", Path(__file__).resolve().parent.parent / "conf"))
+
+RUN_KEYS = ("data", "model", "optimizer", "scheduler", "trainer", "tracking", "seed")
+VAL_METRICS = {
+    "classification": ("val/acc", "val/f1", "val/loss"),
+    "regression": ("val/loss", "val/mae", "val/r2"),
+}
+
+
+# -- composition ------------------------------------------------------------------------
+def _ensure_hydra() -> None:
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    if not GlobalHydra.instance().is_initialized():
+        # Not used as a context manager: the initialisation lives for the process.
+        initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3")
+
+
+def compose(config_name: str, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """Compose ``conf/<config_name>.yaml`` with Hydra overrides; raise ConfigError on error."""
+    from hydra import compose as hydra_compose
+
+    _ensure_hydra()
+    try:
+        cfg = hydra_compose(config_name=config_name, overrides=list(overrides))
+    except Exception as exc:  # Hydra wraps OmegaConf errors; unwrap to one line
+        raise ConfigError(_composition_message(exc)) from None
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(f"{missing[0]}: required value is missing (set {missing[0]}=...)")
+    return cfg
+
+
+def _composition_message(exc: BaseException) -> str:
+    from hydra.errors import MissingConfigException, OverrideParseException
+
+    if isinstance(exc, OverrideParseException):
+        return f"cannot parse override {exc.override!r}: {str(exc).splitlines()[0]}"
+    if isinstance(exc, MissingConfigException) and exc.missing_cfg_file:
+        group, _, option = str(exc.missing_cfg_file).rpartition("/")
+        options = ", ".join(exc.options or []) or "none"
+        if group:
+            return f"{group}={option}: unknown option for '{group}'; choose from: {options}"
+        return f"{exc.missing_cfg_file}: config not found"
+    cause: BaseException = exc
+    while cause.__cause__ is not None:
+        cause = cause.__cause__
+    full_key = getattr(cause, "full_key", None)
+    first_line = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+    if full_key and "not in struct" in first_line:
+        parent = full_key.rpartition(".")[0]
+        return f"{full_key}: unknown key" + (f" in '{parent}'" if parent else "")
+    if full_key:
+        return f"{full_key}: {first_line}"
+    message = str(exc).strip().splitlines()
+    return message[0] if message else type(exc).__name__
+
+
+def override_key(override: str) -> str:
+    """The config key an override sets: ``+model.width=3`` -> ``model.width``."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def merge_overrides(base: list[str], extra: list[str]) -> list[str]:
+    """``base`` then ``extra``, where an override in ``extra`` replaces one of the same key."""
+    keys = {override_key(o) for o in extra}
+    return [o for o in base if override_key(o) not in keys] + list(extra)
+
+
+def to_container(cfg: Any) -> Any:
+    return (
+        OmegaConf.to_container(cfg, resolve=True)
+        if isinstance(cfg, DictConfig | ListConfig)
+        else cfg
+    )
+
+
+def flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
+    """``{'model': {'width': 3}}`` -> ``{'model.width': 3}``; lists stay values."""
+    out: dict[str, Any] = {}
+    for key, value in to_container(cfg).items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+# -- validation ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Rule:
+    """Type and range of one config value."""
+
+    kind: str  # int | float | bool | str | choice | list | optional_str
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    choices: tuple[Any, ...] = ()
+
+    def check(self, key: str, value: Any) -> None:
+        shown = "null" if value is None else repr(value)
+        if self.kind == "choice":
+            if value not in self.choices:
+                allowed = ", ".join(str(c) for c in self.choices)
+                raise ConfigError(f"{key}={shown}: must be one of: {allowed}")
+            return
+        if self.kind == "optional_str":
+            if value is not None and not isinstance(value, str):
+                raise ConfigError(f"{key}={shown}: must be a string or null")
+            return
+        if self.kind == "str":
+            if not isinstance(value, str) or not value.strip():
+                raise ConfigError(f"{key}={shown}: must be a non-empty string")
+            return
+        if self.kind == "bool":
+            if not isinstance(value, bool):
+                raise ConfigError(f"{key}={shown}: must be true or false")
+            return
+        if self.kind == "list":
+            if not isinstance(value, list | ListConfig):
+                raise ConfigError(f"{key}={shown}: must be a list, e.g. {key}=[a,b]")
+            return
+        numeric = (int,) if self.kind == "int" else (int, float)
+        if isinstance(value, bool) or not isinstance(value, numeric):
+            raise ConfigError(
+                f"{key}={shown}: must be {'an integer' if self.kind == 'int' else 'a number'}"
+            )
+        if not self._in_range(value):
+            raise ConfigError(f"{key}={shown}: must be {self._describe_range()}")
+
+    def _in_range(self, v: float) -> bool:
+        if v != v:  # NaN
+            return False
+        if self.low is not None and (v < self.low or (self.low_open and v == self.low)):
+            return False
+        return not (
+            self.high is not None and (v > self.high or (self.high_open and v == self.high))
+        )
+
+    def _describe_range(self) -> str:
+        if self.low is not None and self.high is not None:
+            left = "(" if self.low_open else "["
+            right = ")" if self.high_open else "]"
+            return f"in {left}{self.low:g}, {self.high:g}{right}"
+        if self.low is not None:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        return f"{'<' if self.high_open else '<='} {self.high:g}"
+
+
+INT1 = Rule("int", low=1)
+INT0 = Rule("int", low=0)
+BOOL = Rule("bool")
+FRACTION_OPEN = Rule("float", low=0, high=1, low_open=True, high_open=True)
+DROPOUT = Rule("float", low=0, high=1, high_open=True)
+
+_DATA_COMMON = {
+    "name": Rule("str"),
+    "batch_size": INT1,
+    "split_seed": INT0,
+    "val_fraction": FRACTION_OPEN,
+    "test_fraction": Rule("float", low=0, high=1, high_open=True),
+    "loader": Rule("choice", choices=("memory", "dataloader")),
+}
+SCHEMAS: dict[str, dict[str, dict[str, Rule]]] = {
+    "data": {
+        "mnist1d": {
+            **_DATA_COMMON,
+            "task": Rule("choice", choices=("classification",)),
+            "num_samples": Rule("int", low=100),
+            "test_fraction": FRACTION_OPEN,
+        },
+        "digits": {**_DATA_COMMON, "task": Rule("choice", choices=("classification",))},
+        "synthetic": {
+            **_DATA_COMMON,
+            "task": Rule("choice", choices=("classification", "regression")),
+            "num_samples": Rule("int", low=20),
+            "num_features": Rule("int", low=2),
+            "num_classes": Rule("int", low=2),
+            "noise": Rule("float", low=0),
+        },
+        "csv": {
+            **_DATA_COMMON,
+            "path": Rule("str"),
+            "target": Rule("str"),
+            "task": Rule("choice", choices=("auto", "classification", "regression")),
+            "drop": Rule("list"),
+            "max_categories": INT1,
+        },
+    },
+    "model": {
+        "mlp": {
+            "name": Rule("str"),
+            "depth": INT0,
+            "width": INT1,
+            "activation": Rule("choice", choices=("relu", "gelu", "tanh", "silu")),
+            "dropout": DROPOUT,
+            "batch_norm": BOOL,
+        },
+        "cnn": {
+            "name": Rule("str"),
+            "channels": INT1,
+            "depth": INT1,
+            "kernel_size": INT1,
+            "dropout": DROPOUT,
+            "batch_norm": BOOL,
+        },
+    },
+    "optimizer": {
+        name: {
+            "name": Rule("str"),
+            "lr": Rule("float", low=0, low_open=True),
+            "weight_decay": Rule("float", low=0),
+            **extra,
+        }
+        for name, extra in (
+            ("sgd", {"momentum": Rule("float", low=0, high=1, high_open=True), "nesterov": BOOL}),
+            ("adam", {}),
+            ("adamw", {}),
+            ("rmsprop", {"momentum": Rule("float", low=0, high=1, high_open=True)}),
+        )
+    },
+    "scheduler": {
+        "none": {"name": Rule("str")},
+        "cosine": {"name": Rule("str"), "min_lr_ratio": Rule("float", low=0, high=1)},
+        "step": {
+            "name": Rule("str"),
+            "step_size": INT1,
+            "gamma": Rule("float", low=0, high=1, low_open=True),
+        },
+        "plateau": {"name": Rule("str"), "factor": FRACTION_OPEN, "patience": INT0},
+    },
+}
+TRAINER_SCHEMA = {
+    "max_epochs": INT1,
+    "accelerator": Rule("choice", choices=("auto", "cpu", "gpu", "cuda", "mps")),
+    "devices": INT1,
+    "precision": Rule("choice", choices=("32-true", "32", "16-mixed", "bf16-mixed", "64-true")),
+    "gradient_clip_val": Rule("float", low=0),
+    "deterministic": BOOL,
+    "monitor": Rule("choice", choices=("auto", *sorted(set(sum(VAL_METRICS.values(), ()))))),
+    "mode": Rule("choice", choices=("auto", "max", "min")),
+    "early_stopping.enabled": BOOL,
+    "early_stopping.patience": INT1,
+    "early_stopping.min_delta": Rule("float", low=0),
+    "progress": BOOL,
+}
+TRACKING_SCHEMA = {"uri": Rule("optional_str"), "experiment": Rule("str"), "log_model": BOOL}
+
+
+def check_section(section: str, values: dict[str, Any], schema: dict[str, Rule]) -> None:
+    """Every key known, every value of the right type and range."""
+    flat = flatten(values)
+    for key in flat:
+        if key not in schema:
+            known = ", ".join(sorted(k for k in schema if k != "name"))
+            raise ConfigError(f"{section}.{key}: unknown key; known keys: {known}")
+    for key, rule in schema.items():
+        if key not in flat:
+            raise ConfigError(f"{section}.{key}: missing")
+        rule.check(f"{section}.{key}", flat[key])
+
+
+def validate_run_config(cfg: DictConfig) -> None:
+    """Check the run part of a composed config (data, model, optimizer, ...)."""
+    for key in RUN_KEYS:
+        if key not in cfg:
+            raise ConfigError(f"{key}: missing from the config")
+    INT0.check("seed", cfg.seed)
+    for group, options in SCHEMAS.items():
+        section = cfg[group]
+        name = section.get("name")
+        if name not in options:
+            raise ConfigError(f"{group}.name={name!r}: must be one of: {', '.join(options)}")
+        check_section(group, section, options[name])
+    check_section("trainer", cfg.trainer, TRAINER_SCHEMA)
+    check_section("tracking", cfg.tracking, TRACKING_SCHEMA)
+    data = cfg.data
+    if float(data.get("test_fraction", 0)) + float(data.val_fraction) >= 1:
+        raise ConfigError(
+            f"data.val_fraction + data.test_fraction = "
+            f"{data.val_fraction + data.test_fraction:g}: must be < 1 (nothing left to train on)"
+        )
+    if data.name != "csv":
+        check_monitor(cfg, data.task)
+
+
+def check_monitor(cfg: DictConfig, task: str) -> None:
+    """The monitored metric must exist for the task (csv tasks are known after loading)."""
+    monitor = cfg.trainer.monitor
+    if monitor != "auto" and monitor not in VAL_METRICS[task]:
+        allowed = ", ".join(VAL_METRICS[task])
+        raise ConfigError(f"trainer.monitor={monitor}: not a {task} metric; choose from: {allowed}")
+
+
+def load_run_config(
+    overrides: list[str] | tuple[str, ...] = (), config_name: str = "train"
+) -> DictConfig:
+    """Compose and validate: what ``sweep train`` runs."""
+    cfg = compose(config_name, overrides)
+    validate_run_config(cfg)
+    return cfg
+
+
+def run_part(cfg: DictConfig) -> DictConfig:
+    """Only the keys that define one training run (a sweep config carries more)."""
+    return OmegaConf.create({k: to_container(cfg[k]) for k in RUN_KEYS})

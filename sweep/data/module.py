@@ -1,0 +1,97 @@
+"""The Lightning DataModule: in-memory tensors batched by index, or a torch DataLoader.
+
+Small data sets live as tensors (moved to the accelerator once) and are batched by
+index with a seeded permutation per epoch: a DataLoader over a TensorDataset fetches and
+collates sample by sample, which costs more than the training step of a small model.
+``loader: dataloader`` keeps the classic path for data that needs it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import lightning as L
+import torch
+
+from sweep.data.base import Dataset
+
+EVAL_BATCH_SIZE = 4096  # validation and test need no small batches
+
+
+class IndexBatches:
+    """Iterable of (x, y) batches sliced from tensors; reshuffled every pass when asked."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool, seed: int):
+        self.x, self.y = x, y
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return (len(self.x) + self.batch_size - 1) // self.batch_size
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = len(self.x)
+        if self.shuffle:
+            order = torch.randperm(n, generator=self.generator).to(self.x.device)
+            for start in range(0, n, self.batch_size):
+                idx = order[start : start + self.batch_size]
+                yield self.x[idx], self.y[idx]
+        else:
+            for start in range(0, n, self.batch_size):
+                yield (
+                    self.x[start : start + self.batch_size],
+                    self.y[start : start + self.batch_size],
+                )
+
+    def to(self, device: torch.device) -> None:
+        self.x, self.y = self.x.to(device), self.y.to(device)
+
+
+class ArrayDataModule(L.LightningDataModule):
+    """Serves the splits of a :class:`Dataset` to the Trainer."""
+
+    def __init__(self, dataset: Dataset, batch_size: int, seed: int, loader: str = "memory"):
+        super().__init__()
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.seed = seed
+        self.loader = loader
+        d = dataset
+        self.tensors = {
+            split: (torch.from_numpy(x), torch.from_numpy(y))
+            for split, x, y in (
+                ("train", d.x_train, d.y_train),
+                ("val", d.x_val, d.y_val),
+                ("test", d.x_test, d.y_test),
+            )
+        }
+        self._batches: dict[str, IndexBatches] = {}
+
+    def move_to(self, device: torch.device) -> None:
+        """Put the in-memory splits on the accelerator once, instead of once per batch."""
+        if self.loader == "memory" and device.type != "cpu":
+            self.tensors = {k: (x.to(device), y.to(device)) for k, (x, y) in self.tensors.items()}
+            self._batches.clear()
+
+    def _loader(self, split: str, batch_size: int, shuffle: bool):
+        x, y = self.tensors[split]
+        if self.loader == "dataloader":
+            from torch.utils.data import DataLoader, TensorDataset
+
+            g = torch.Generator().manual_seed(self.seed)
+            return DataLoader(
+                TensorDataset(x, y), batch_size=batch_size, shuffle=shuffle, generator=g
+            )
+        if split not in self._batches:  # keep the generator's state across epochs
+            self._batches[split] = IndexBatches(x, y, batch_size, shuffle, self.seed)
+        return self._batches[split]
+
+    def train_dataloader(self):
+        return self._loader("train", self.batch_size, shuffle=True)
+
+    def val_dataloader(self):
+        return self._loader("val", max(self.batch_size, EVAL_BATCH_SIZE), shuffle=False)
+
+    def test_dataloader(self):
+        return self._loader("test", max(self.batch_size, EVAL_BATCH_SIZE), shuffle=False)

@@ -1,0 +1,81 @@
+"""Bundled and generated data sets: mnist1d, digits, synthetic. No network at run time."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import numpy as np
+
+from sweep.data.base import CLASSIFICATION, REGRESSION, Dataset, build_array_dataset, split_indices
+
+
+@functools.lru_cache(maxsize=4)
+def _mnist1d_arrays(num_samples: int, test_fraction: float) -> dict[str, np.ndarray]:
+    # make_dataset generates offline (~1 s); get_dataset() would try to download.
+    # Cached per process: a worker pays for it once, not once per trial.
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    args = get_dataset_args()
+    args.num_samples = num_samples
+    args.train_split = 1.0 - test_fraction
+    data = make_dataset(args)
+    return {k: np.asarray(data[k]) for k in ("x", "y", "x_test", "y_test")}
+
+
+def load_mnist1d(cfg: Any, seed: int) -> Dataset:
+    arrays = _mnist1d_arrays(int(cfg.num_samples), float(cfg.test_fraction))
+    x = np.concatenate([arrays["x"], arrays["x_test"]]).astype(np.float32)
+    y = np.concatenate([arrays["y"], arrays["y_test"]]).astype(np.int64)
+    n_train = len(arrays["x"])
+    # The generator's test split is fixed; validation is a stratified part of its train split.
+    train_part = np.arange(n_train)
+    from sklearn.model_selection import train_test_split
+
+    train_idx, val_idx = train_test_split(
+        train_part, test_size=float(cfg.val_fraction), random_state=seed, stratify=y[train_part]
+    )
+    test_idx = np.arange(n_train, len(x))
+    return build_array_dataset(
+        "mnist1d", CLASSIFICATION, x, y, np.sort(train_idx), np.sort(val_idx), test_idx
+    )
+
+
+def load_digits(cfg: Any, seed: int) -> Dataset:
+    from sklearn.datasets import load_digits as sk_load_digits
+
+    bunch = sk_load_digits()
+    x = bunch.images.astype(np.float32)  # (n, 8, 8): a CNN sees a 2-D image
+    y = bunch.target.astype(np.int64)
+    tr, va, te = split_indices(
+        len(x), float(cfg.val_fraction), float(cfg.test_fraction), seed, stratify=y
+    )
+    return build_array_dataset("digits", CLASSIFICATION, x, y, tr, va, te)
+
+
+def load_synthetic(cfg: Any, seed: int) -> Dataset:
+    from sklearn.datasets import make_classification, make_regression
+
+    n, f = int(cfg.num_samples), int(cfg.num_features)
+    if cfg.task == REGRESSION:
+        x, y = make_regression(
+            n_samples=n,
+            n_features=f,
+            n_informative=max(1, f // 2),
+            noise=float(cfg.noise),
+            random_state=seed,
+        )
+        stratify = None
+    else:
+        x, y = make_classification(
+            n_samples=n,
+            n_features=f,
+            n_informative=max(2, f // 2),
+            n_classes=int(cfg.num_classes),
+            n_clusters_per_class=1,
+            flip_y=float(cfg.noise),
+            random_state=seed,
+        )
+        stratify = y
+    tr, va, te = split_indices(n, float(cfg.val_fraction), float(cfg.test_fraction), seed, stratify)
+    return build_array_dataset("synthetic", str(cfg.task), x.astype(np.float32), y, tr, va, te)

@@ -1,0 +1,1 @@
+"""Networks (plain torch modules) and the LightningModule that trains them."""

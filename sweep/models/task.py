@@ -1,0 +1,201 @@
+"""The LightningModule: loss, metrics, optimiser and scheduler for a classification or
+regression task. Metrics are computed once per epoch over the whole split (exact, not
+averaged over batches) and exposed in ``epoch_metrics`` for the tracker and the pruner.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from sweep.errors import NonFiniteLossError
+
+CLASSIFICATION_METRICS = ("val/loss", "val/acc", "val/f1")
+REGRESSION_METRICS = ("val/loss", "val/mae", "val/r2")
+
+
+def default_monitor(task: str) -> tuple[str, str]:
+    """The validation metric to monitor for a task, and its direction."""
+    return ("val/acc", "max") if task == "classification" else ("val/loss", "min")
+
+
+def classification_metrics(logits: torch.Tensor, y: torch.Tensor, num_classes: int) -> dict:
+    pred = logits.argmax(dim=1)
+    acc = (pred == y).float().mean()
+    confusion = torch.bincount(y * num_classes + pred, minlength=num_classes**2)
+    confusion = confusion.reshape(num_classes, num_classes).float()
+    tp = confusion.diag()
+    precision = tp / confusion.sum(0).clamp(min=1)
+    recall = tp / confusion.sum(1).clamp(min=1)
+    f1 = 2 * precision * recall / (precision + recall).clamp(min=1e-12)
+    present = confusion.sum(1) > 0  # macro-F1 over the classes present in this split
+    return {"loss": F.cross_entropy(logits, y), "acc": acc, "f1": f1[present].mean()}
+
+
+def regression_metrics(pred: torch.Tensor, y: torch.Tensor, target_scale: float) -> dict:
+    pred = pred.squeeze(-1)
+    mse = F.mse_loss(pred, y)
+    ss_tot = ((y - y.mean()) ** 2).sum().clamp(min=1e-12)
+    return {
+        "loss": mse,
+        "mae": (pred - y).abs().mean() * target_scale,  # in the target's own units
+        "r2": 1 - ((pred - y) ** 2).sum() / ss_tot,
+    }
+
+
+class Task(L.LightningModule):
+    """Trains ``network`` for ``task``; validation and test metrics per epoch."""
+
+    def __init__(
+        self,
+        network: nn.Module,
+        task: str,
+        num_outputs: int,
+        optimizer: dict[str, Any],
+        scheduler: dict[str, Any],
+        max_epochs: int,
+        monitor: str,
+        mode: str,
+        target_scale: float = 1.0,
+    ):
+        super().__init__()
+        self.network = network
+        self.task = task
+        self.num_outputs = num_outputs
+        self.optimizer_cfg = optimizer
+        self.scheduler_cfg = scheduler
+        self.max_epochs = max_epochs
+        self.monitor, self.mode = monitor, mode
+        self.target_scale = target_scale
+        self.epoch_metrics: dict[str, float] = {}
+        self.test_metrics: dict[str, float] = {}
+        self._outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._train_loss_sum = torch.zeros(())
+        self._train_count = 0
+        self._epoch_start = 0.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.network(x)
+
+    def _loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.task == "classification":
+            return F.cross_entropy(out, y)
+        return F.mse_loss(out.squeeze(-1), y)
+
+    def _metrics(self, out: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.task == "classification":
+            return classification_metrics(out, y, self.num_outputs)
+        return regression_metrics(out, y, self.target_scale)
+
+    # -- training ---------------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None and hasattr(datamodule, "move_to"):
+            datamodule.move_to(self.device)
+
+    def on_train_epoch_start(self) -> None:
+        self._train_loss_sum = torch.zeros((), device=self.device)
+        self._train_count = 0
+        self._epoch_start = time.perf_counter()
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
+        x, y = batch
+        loss = self._loss(self(x), y)
+        # Summed on the device: no host sync per step; checked once per epoch.
+        self._train_loss_sum = self._train_loss_sum + loss.detach() * len(y)
+        self._train_count += len(y)
+        return loss
+
+    # -- validation / test ------------------------------------------------------------
+    def validation_step(self, batch, batch_idx: int) -> None:
+        x, y = batch
+        self._outputs.append((self(x).detach(), y))
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        x, y = batch
+        self._outputs.append((self(x).detach(), y))
+
+    def _epoch_end_metrics(self, prefix: str) -> dict[str, float]:
+        out = torch.cat([o for o, _ in self._outputs])
+        y = torch.cat([t for _, t in self._outputs])
+        self._outputs.clear()
+        return {f"{prefix}/{k}": float(v) for k, v in self._metrics(out.float(), y).items()}
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            self._outputs.clear()
+            return
+        metrics = self._epoch_end_metrics("val")
+        train_loss = float(self._train_loss_sum) / max(self._train_count, 1)
+        epoch = self.current_epoch
+        for name, value in (("train/loss", train_loss), ("val/loss", metrics["val/loss"])):
+            if not math.isfinite(value):
+                raise NonFiniteLossError(f"{name} became {value} at epoch {epoch}")
+        # Logged for EarlyStopping and the lr scheduler; our own tracker records them.
+        self.log_dict(metrics, on_epoch=True, prog_bar=False, logger=False)
+        self.epoch_metrics = {
+            "train/loss": train_loss,
+            **metrics,
+            "lr": float(self.trainer.optimizers[0].param_groups[0]["lr"]),
+            "time/epoch": time.perf_counter() - self._epoch_start,
+        }
+
+    def on_test_epoch_end(self) -> None:
+        self.test_metrics = self._epoch_end_metrics("test")
+
+    # -- optimisation -----------------------------------------------------------------
+    def configure_optimizers(self):
+        optimizer = build_optimizer(self.optimizer_cfg, self.parameters())
+        scheduler = build_scheduler(self.scheduler_cfg, optimizer, self.max_epochs, self.mode)
+        if scheduler is None:
+            return optimizer
+        config = {"scheduler": scheduler, "interval": "epoch"}
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            config["monitor"] = self.monitor
+        return {"optimizer": optimizer, "lr_scheduler": config}
+
+
+def build_optimizer(cfg: dict[str, Any], params) -> torch.optim.Optimizer:
+    name, lr, wd = cfg["name"], cfg["lr"], cfg["weight_decay"]
+    if name == "sgd":
+        return torch.optim.SGD(
+            params,
+            lr=lr,
+            weight_decay=wd,
+            momentum=cfg["momentum"],
+            nesterov=cfg["nesterov"] and cfg["momentum"] > 0,
+        )
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=wd)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+    if name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=lr, weight_decay=wd, momentum=cfg["momentum"])
+    raise ValueError(f"unknown optimizer {name!r}")
+
+
+def build_scheduler(
+    cfg: dict[str, Any], optimizer: torch.optim.Optimizer, max_epochs: int, mode: str = "min"
+):
+    name = cfg["name"]
+    sched = torch.optim.lr_scheduler
+    if name == "none":
+        return None
+    if name == "cosine":
+        base = optimizer.param_groups[0]["lr"]
+        return sched.CosineAnnealingLR(
+            optimizer, T_max=max_epochs, eta_min=base * cfg["min_lr_ratio"]
+        )
+    if name == "step":
+        return sched.StepLR(optimizer, step_size=cfg["step_size"], gamma=cfg["gamma"])
+    if name == "plateau":
+        return sched.ReduceLROnPlateau(
+            optimizer, mode=mode, factor=cfg["factor"], patience=cfg["patience"]
+        )
+    raise ValueError(f"unknown scheduler {name!r}")

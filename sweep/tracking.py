@@ -1,0 +1,223 @@
+"""MLflow tracking: one MLflow run per training run, closed with the right status.
+
+A run is opened with :func:`open_run` and always ends FINISHED, FAILED (tag ``error``)
+or KILLED (Ctrl-C / SIGTERM, tag ``error``) - never left RUNNING by an exception.
+Metrics are sent with ``log_batch(synchronous=False)`` once per epoch and flushed
+before the run ends, so tracking costs no time on the training path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import platform
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+PARAM_VALUE_LIMIT = 6000  # MLflow's limit for a param value
+SECRET_KEYS = ("password", "secret", "token")
+
+
+def resolve_tracking_uri(uri: str | None) -> str:
+    """Config value, else MLFLOW_TRACKING_URI, else MLflow's default (sqlite:///mlflow.db)."""
+    import mlflow
+
+    if uri:
+        return uri
+    return os.environ.get("MLFLOW_TRACKING_URI") or mlflow.get_tracking_uri()
+
+
+def setup(uri: str | None) -> str:
+    """Point MLflow at the store; quiet its schema-migration chatter. Returns the URI."""
+    import mlflow
+
+    for name in ("alembic", "mlflow.store.db.utils", "mlflow.tracking.fluent"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    resolved = resolve_tracking_uri(uri)
+    mlflow.set_tracking_uri(resolved)
+    return resolved
+
+
+def ensure_experiment(name: str) -> str:
+    """The experiment's id, created if absent (race-safe: another process may create it)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            client.restore_experiment(exp.experiment_id)
+        return exp.experiment_id
+    try:
+        return client.create_experiment(name)
+    except MlflowException:
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def redact(value: str) -> str:
+    """Hide the password in a URL such as postgresql://user:pw@host/db."""
+    import re
+
+    return re.sub(r"(://[^:/@]+:)[^@]+@", r"\1***@", value)
+
+
+@functools.lru_cache(maxsize=1)
+def run_context_tags() -> dict[str, str]:
+    """Git commit and dirty flag, command line, host and package versions (once per process)."""
+    tags = {
+        "host": platform.node(),
+        "command": redact(" ".join([Path(sys.argv[0]).name, *sys.argv[1:]])),
+        "python": platform.python_version(),
+    }
+    for package in ("torch", "lightning", "optuna", "mlflow", "hydra-core", "sweep"):
+        with contextlib.suppress(Exception):
+            from importlib.metadata import version
+
+            tags[f"version.{package}"] = version(package)
+    repo = Path(__file__).resolve().parent.parent
+    with contextlib.suppress(Exception):
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
+        tags.update(
+            {
+                "git.commit": commit,
+                "mlflow.source.git.commit": commit,
+                "git.dirty": str(bool(dirty)).lower(),
+            }
+        )
+    return tags
+
+
+def one_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"[:500]
+
+
+class Recorder:
+    """Writes to one MLflow run. Cheap calls; metrics are batched and asynchronous."""
+
+    def __init__(self, run_id: str):
+        from mlflow.tracking import MlflowClient
+
+        self.run_id = run_id
+        self.client = MlflowClient()
+        self._pending: list[Any] = []
+
+    def params(self, values: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [
+            Param(k, str(v)[:PARAM_VALUE_LIMIT])
+            for k, v in values.items()
+            if not any(s in k.lower() for s in SECRET_KEYS)
+        ]
+        for start in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
+            self.client.log_batch(self.run_id, params=items[start : start + 100])
+
+    def tags(self, values: dict[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        items = [RunTag(k, str(v)[:5000]) for k, v in values.items()]
+        if items:
+            self.client.log_batch(self.run_id, tags=items)
+
+    def metrics(self, values: dict[str, float], step: int = 0) -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step) for k, v in values.items()]
+        if items:
+            self._pending.append(
+                self.client.log_batch(self.run_id, metrics=items, synchronous=False)
+            )
+
+    def flush(self) -> None:
+        for operation in self._pending:
+            if operation is not None:
+                operation.wait()
+        self._pending.clear()
+
+    def text(self, content: str, path: str) -> None:
+        self.client.log_text(self.run_id, content, path)
+
+    def artifact(self, local_path: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(local_path), artifact_path)
+
+
+@contextlib.contextmanager
+def open_run(
+    experiment: str,
+    run_name: str | None = None,
+    parent_run_id: str | None = None,
+    tags: dict[str, Any] | None = None,
+) -> Iterator[Recorder]:
+    """Start a run (nested under ``parent_run_id`` if given) and end it with its true status.
+
+    The run is also MLflow's active run while open, so ``mlflow.pyfunc.log_model`` logs
+    into it. Call :func:`setup` first.
+    """
+    import mlflow
+
+    experiment_id = ensure_experiment(experiment)
+    # An exported MLFLOW_RUN_ID would override the parent (mlflow #15713).
+    os.environ.pop("MLFLOW_RUN_ID", None)
+    run = mlflow.start_run(
+        experiment_id=experiment_id,
+        run_name=run_name,
+        parent_run_id=parent_run_id,
+        tags={**run_context_tags(), **(tags or {})},
+    )
+    recorder = Recorder(run.info.run_id)
+    status = "FINISHED"
+    try:
+        yield recorder
+    except (KeyboardInterrupt, SystemExit) as exc:
+        status = "KILLED"
+        _tag_error(recorder, f"interrupted ({type(exc).__name__})")
+        raise
+    except BaseException as exc:
+        status = "FAILED"
+        _tag_error(recorder, one_line(exc))
+        raise
+    finally:
+        with contextlib.suppress(Exception):
+            recorder.flush()
+        mlflow.end_run(status=status)
+
+
+def _tag_error(recorder: Recorder, message: str) -> None:
+    with contextlib.suppress(Exception):
+        recorder.tags({"error": message})
+
+
+def terminate_run(run_id: str, status: str, reason: str) -> None:
+    """Close a run some other process left RUNNING (it was killed)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    client.set_tag(run_id, "error", reason)
+    client.set_terminated(run_id, status=status)
