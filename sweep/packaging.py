@@ -12,15 +12,43 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 
 BUNDLE = "bundle"
 
 
+def _quiet_mlflow_model_logging() -> None:
+    """MLflow's advice about type hints, integer columns and cloudpickle does not apply:
+    the signature is inferred from a real example and the model class is our own."""
+    import logging
+    import os
+    import warnings
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    for pattern in (
+        r".*type hint.*",
+        r".*[Tt]ype hints.*",
+        r".*Inferred schema contains integer.*",
+    ):
+        warnings.filterwarnings("ignore", message=pattern, category=UserWarning)
+    logging.getLogger("mlflow.pyfunc").setLevel(logging.ERROR)
+    logging.getLogger("mlflow.models.model").setLevel(logging.ERROR)
+
+
+# MLflow warns about predict's type hints when the class below is defined: quiet it first.
+import mlflow.pyfunc  # noqa: E402
+
+# After the import (MLflow sets its own warning filters), before the class definition.
+_quiet_mlflow_model_logging()
+
+
 class SweepModel(mlflow.pyfunc.PythonModel):
     """Network weights + model config + fitted preprocessor, rebuilt at load time."""
+
+    # Our predict validates its own input (the preprocessor names missing columns);
+    # MLflow's type-hint wrapper would only warn that there are no hints.
+    _skip_type_hint_validation = True
 
     def load_context(self, context) -> None:
         import torch
@@ -72,25 +100,6 @@ def _as_input(model_input: Any, preprocessor: Any) -> Any:
 
 
 @functools.lru_cache(maxsize=1)
-def _quiet_mlflow_model_logging() -> None:
-    """MLflow's advice about type hints, integer columns and cloudpickle does not apply:
-    the signature is inferred from a real example and the model class is our own."""
-    import logging
-    import os
-    import warnings
-
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    for pattern in (
-        r".*type hint.*",
-        r".*[Tt]ype hints.*",
-        r".*Inferred schema contains integer.*",
-    ):
-        warnings.filterwarnings("ignore", message=pattern, category=UserWarning)
-    logging.getLogger("mlflow.pyfunc").setLevel(logging.ERROR)
-    logging.getLogger("mlflow.models.model").setLevel(logging.ERROR)
-
-
-@functools.lru_cache(maxsize=1)
 def pip_requirements() -> tuple[str, ...]:
     """Computed once per process: letting MLflow infer them costs ~3 s per logged model."""
     from importlib.metadata import version
@@ -115,7 +124,6 @@ def log_model(network, model_cfg: dict, dataset, output_example: Any | None = No
         "preprocessor": dataset.preprocessor,
     }
     example = dataset.input_example
-    _quiet_mlflow_model_logging()
     model = SweepModel()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "bundle.pt"

@@ -73,9 +73,12 @@ def redact(value: str) -> str:
 @functools.lru_cache(maxsize=1)
 def run_context_tags() -> dict[str, str]:
     """Git commit and dirty flag, command line, host and package versions (once per process)."""
+    program = Path(sys.argv[0]).name
+    if program == "__main__.py":  # python -m sweep: name the command the user typed
+        program = f"python -m {Path(sys.argv[0]).parent.name}"
     tags = {
         "host": platform.node(),
-        "command": redact(" ".join([Path(sys.argv[0]).name, *sys.argv[1:]])),
+        "command": redact(" ".join([program, *sys.argv[1:]])),
         "python": platform.python_version(),
     }
     for package in ("torch", "lightning", "optuna", "mlflow", "hydra-core", "sweep"):

@@ -13,6 +13,7 @@ import logging
 import math
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,12 +101,14 @@ def run(
     callbacks: list | None = None,
     overrides: list[str] | None = None,
     load_first: bool = True,
+    on_start: Callable[[str], None] | None = None,
 ) -> RunResult:
     """Train, validate and test one config and record it as one MLflow run.
 
     ``load_first`` loads the data before the MLflow run exists, so bad data leaves no
     run behind (``sweep train``); a trial passes False so its run records the failure.
-    ``callbacks`` are extra Lightning callbacks (the pruning hook of a trial).
+    ``callbacks`` are extra Lightning callbacks (the pruning hook of a trial);
+    ``on_start(run_id)`` is called once the MLflow run exists.
     """
     from sweep import tracking
 
@@ -116,6 +119,8 @@ def run(
     with tracking.open_run(
         experiment or cfg.tracking.experiment, run_name, parent_run_id, run_tags
     ) as recorder:
+        if on_start is not None:
+            on_start(recorder.run_id)
         return _train_in_run(cfg, recorder, callbacks or [])
 
 
@@ -176,7 +181,14 @@ def _train_in_run(cfg: DictConfig, recorder, callbacks: list) -> RunResult:
         )
     trainer = build_trainer(cfg, all_callbacks)
     started = time.perf_counter()
-    trainer.fit(task, datamodule=datamodule)
+    try:
+        trainer.fit(task, datamodule=datamodule)
+    except SystemExit as exc:
+        # Lightning turns Ctrl-C / SIGTERM inside fit into sys.exit(1); hand the interrupt
+        # back so callers (the CLI, a study worker) see an interruption, not an exit.
+        if isinstance(exc.__context__, KeyboardInterrupt):
+            raise exc.__context__ from None
+        raise
     fit_seconds = time.perf_counter() - started
     if best.state_dict is None:
         raise RuntimeError("no validation epoch completed")

@@ -1,0 +1,165 @@
+"""Optuna's own samplers, pruners and storages, built from the config groups
+``sampler/``, ``pruner/`` and ``storage/``. Nothing home-made: names map to classes."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from sweep.config import to_container
+from sweep.errors import ConfigError
+from sweep.space import Param
+
+SAMPLERS = ("tpe", "random", "grid", "cmaes", "gp", "qmc", "nsga2")
+PRUNERS = ("median", "hyperband", "successive_halving", "percentile", "patient", "none")
+
+
+def _options(cfg: Any, group: str, known: dict[str, type | tuple]) -> dict[str, Any]:
+    values = {k: v for k, v in to_container(cfg).items() if k != "name"}
+    for key, value in values.items():
+        if key not in known:
+            allowed = ", ".join(sorted(known)) or "none"
+            raise ConfigError(
+                f"{group}.{key}: unknown option for {group} '{cfg.name}'; known: {allowed}"
+            )
+        kinds = known[key] if isinstance(known[key], tuple) else (known[key],)
+        if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
+            raise ConfigError(f"{group}.{key}={value!r}: wrong type")
+    return values
+
+
+def build_sampler(cfg: Any, params: list[Param], seed: int, n_workers: int, n_objectives: int):
+    """The sampler named by ``cfg.name``, seeded, and recorded as such in the parent run."""
+    import warnings
+
+    import optuna
+
+    # TPE's `group` and GPSampler are marked experimental; we chose them deliberately.
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    name = cfg.name
+    if name not in SAMPLERS:
+        raise ConfigError(f"sampler={name}: unknown sampler; choose from: {', '.join(SAMPLERS)}")
+    if name == "tpe":
+        o = _options(
+            cfg,
+            "sampler",
+            {
+                "n_startup_trials": int,
+                "multivariate": bool,
+                "group": bool,
+                "constant_liar": (str, bool),
+            },
+        )
+        liar = o.get("constant_liar", "auto")
+        if liar not in ("auto", True, False):
+            raise ConfigError(f"sampler.constant_liar={liar!r}: must be auto, true or false")
+        return optuna.samplers.TPESampler(
+            n_startup_trials=o.get("n_startup_trials", 10),
+            multivariate=o.get("multivariate", True),
+            group=o.get("group", True),
+            constant_liar=(n_workers > 1) if liar == "auto" else liar,
+            seed=seed,
+        )
+    if name == "random":
+        _options(cfg, "sampler", {})
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "grid":
+        _options(cfg, "sampler", {})
+        space = {p.key: p.grid_values() for p in params}
+        return optuna.samplers.GridSampler(space, seed=seed)
+    if name == "cmaes":
+        o = _options(cfg, "sampler", {"n_startup_trials": int})
+        if n_objectives > 1:
+            raise ConfigError("sampler=cmaes: single-objective only; use sampler=nsga2 or tpe")
+        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False, **o)
+    if name == "gp":
+        o = _options(cfg, "sampler", {"n_startup_trials": int})
+        return optuna.samplers.GPSampler(seed=seed, **o)
+    if name == "qmc":
+        o = _options(cfg, "sampler", {"qmc_type": str})
+        return optuna.samplers.QMCSampler(seed=seed, warn_independent_sampling=False, **o)
+    o = _options(cfg, "sampler", {"population_size": int})
+    return optuna.samplers.NSGAIISampler(seed=seed, **o)
+
+
+def build_pruner(cfg: Any, max_epochs: int, n_objectives: int):
+    """The pruner named by ``cfg.name`` (none for multi-objective studies: Optuna cannot
+    prune those)."""
+    import optuna
+
+    p = optuna.pruners
+    name = cfg.name
+    if name not in PRUNERS:
+        raise ConfigError(f"pruner={name}: unknown pruner; choose from: {', '.join(PRUNERS)}")
+    if n_objectives > 1 or name == "none":
+        _options(cfg, "pruner", {})
+        return p.NopPruner()
+    warm = {"n_startup_trials": int, "n_warmup_steps": int}
+    if name == "median":
+        return p.MedianPruner(**_options(cfg, "pruner", warm))
+    if name == "percentile":
+        o = _options(cfg, "pruner", {**warm, "percentile": (int, float)})
+        return p.PercentilePruner(**o)
+    if name == "patient":
+        o = _options(cfg, "pruner", {**warm, "patience": int})
+        patience = o.pop("patience")
+        return p.PatientPruner(p.MedianPruner(**o), patience=patience)
+    if name == "successive_halving":
+        o = _options(cfg, "pruner", {"min_resource": (int, str), "reduction_factor": int})
+        return p.SuccessiveHalvingPruner(**o)
+    o = _options(
+        cfg, "pruner", {"min_resource": int, "max_resource": (int, str), "reduction_factor": int}
+    )
+    if o.get("max_resource") == "auto":
+        o["max_resource"] = max_epochs
+    return p.HyperbandPruner(**o)
+
+
+def storage_url(cfg: Any, root: Path | None = None) -> str:
+    """The storage URL: ``url`` if set, else the embedded file under the project."""
+    if cfg.get("url"):
+        return str(cfg.url)
+    path = Path(cfg.path)
+    if not path.is_absolute():
+        path = (root or Path.cwd()) / path
+    if cfg.name == "sqlite":
+        return f"sqlite:///{path}"
+    return f"journal:///{path}"
+
+
+def build_storage(url: str, heartbeat_interval: int | None = None, grace_period: int | None = None):
+    """Optuna's storage for a URL. ``journal:///path`` is the journal file (file lock)."""
+    import optuna
+    from optuna.storages import JournalStorage, RDBStorage
+    from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+
+    if url.startswith("journal:///"):
+        path = Path(url[len("journal://") :])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        backend = JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path)))
+        return JournalStorage(backend)
+    if url.startswith("sqlite:///"):
+        Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+    kwargs: dict[str, Any] = {}
+    if url.startswith("postgresql"):
+        kwargs["engine_kwargs"] = {"pool_pre_ping": True}  # optuna #5600
+    if heartbeat_interval:
+        kwargs.update(heartbeat_interval=heartbeat_interval, grace_period=grace_period)
+        kwargs["failed_trial_callback"] = optuna.storages.RetryHeartbeatStaleTrialCallback(
+            max_retry=3
+        )
+    try:
+        return RDBStorage(url, **kwargs)
+    except Exception as exc:
+        from sweep.tracking import redact
+
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(
+            f"storage.url={redact(url)}: cannot open Optuna storage: {first}"
+        ) from None
+
+
+def env_threads(n_workers: int) -> int:
+    """Torch threads per local worker: the cores split between workers."""
+    return max(1, (os.cpu_count() or 1) // max(1, n_workers))

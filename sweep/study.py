@@ -1,0 +1,612 @@
+"""Optuna studies over Hydra configs, tracked in MLflow.
+
+``tune(overrides)`` is ``sweep tune``: compose ``conf/sweep.yaml``, validate the run
+config, the search space, the sampler and the pruner, load the data once, then create
+or resume the study and its parent MLflow run, run trials until the study has
+``study.n_trials`` finished (COMPLETE + PRUNED) trials, and pick the champion.
+
+A trial is :func:`sweep.train.run` on the base config plus the sampled overrides, with
+a pruning callback: the same code path as ``sweep train``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from sweep import config as config_mod
+from sweep.errors import ConfigError, SweepError
+from sweep.space import Param, base_params, parse_space, suggest, to_overrides, validate_space
+
+PARENT_RUN_ATTR = "mlflow_parent_run_id"
+FINISHED_STATES = ("COMPLETE", "PRUNED")
+OBJECTIVE_EXTRAS = ("model/params", "time/fit")
+
+
+class StudyAborted(SweepError):
+    """The same error repeated in every recent trial: stop instead of burning the budget."""
+
+    exit_code = 1
+
+
+@dataclass
+class StudySpec:
+    """A sweep config resolved and validated: everything a coordinator or worker needs."""
+
+    cfg: DictConfig
+    overrides: list[str]
+    name: str
+    metrics: list[tuple[str, str]]  # (metric, "maximize" | "minimize")
+    n_trials: int
+    timeout: float | None
+    seed: int
+    n_workers: int
+    max_repeated_failures: int
+    params: list[Param]
+    storage_url: str
+    task: str
+    monitor: str = "val/acc"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def directions(self) -> list[str]:
+        return [d for _, d in self.metrics]
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.metrics) > 1
+
+
+# -- preparation: every check before the first trial ---------------------------------------
+def prepare(overrides: list[str]) -> StudySpec:
+    """Compose and validate everything; load the data once. Raises SweepError on bad input."""
+    from sweep.optuna_parts import build_pruner, build_sampler, storage_url
+    from sweep.train import load_data, monitor_of
+
+    cfg = config_mod.compose("sweep", overrides)
+    config_mod.validate_run_config(cfg)
+    study = cfg.study
+    _check_study_block(study)
+    params = parse_space(cfg.search)
+
+    def compose_run(extra: list[str]) -> DictConfig:
+        probe = config_mod.compose("sweep", config_mod.merge_overrides(overrides, extra))
+        config_mod.validate_run_config(probe)
+        return probe
+
+    validate_space(params, cfg, compose_run)
+    dataset = load_data(cfg)  # bad data fails here, before any study or run exists
+    monitor, mode = monitor_of(cfg, dataset.task)
+    metrics = _objectives(study.metrics, monitor, mode, dataset.task)
+    n_workers = resolve_workers(study.n_workers)
+    build_sampler(cfg.sampler, params, int(study.seed), n_workers, len(metrics))
+    build_pruner(cfg.pruner, int(cfg.trainer.max_epochs), len(metrics))
+    champion = cfg.get("champion") or {}
+    config_mod.INT0.check("champion.k", champion.get("k", 0))
+    config_mod.INT1.check("champion.seeds", champion.get("seeds", 1))
+    return StudySpec(
+        cfg=cfg,
+        overrides=list(overrides),
+        name=str(study.name),
+        metrics=metrics,
+        n_trials=int(study.n_trials),
+        timeout=study.timeout,
+        seed=int(study.seed),
+        n_workers=n_workers,
+        max_repeated_failures=int(study.max_repeated_failures),
+        params=params,
+        storage_url=storage_url(cfg.storage),
+        task=dataset.task,
+        monitor=monitor,
+    )
+
+
+def _check_study_block(study: DictConfig) -> None:
+    known = {"name", "metrics", "n_trials", "timeout", "seed", "n_workers", "max_repeated_failures"}
+    for key in study:
+        if key not in known:
+            raise ConfigError(f"study.{key}: unknown key; known keys: {', '.join(sorted(known))}")
+    if not re.fullmatch(r"[A-Za-z0-9_.\-]+", str(study.name)):
+        raise ConfigError(f"study.name={study.name!r}: use letters, digits, '_', '-', '.'")
+    config_mod.INT1.check("study.n_trials", study.n_trials)
+    config_mod.INT0.check("study.seed", study.seed)
+    config_mod.INT1.check("study.max_repeated_failures", study.max_repeated_failures)
+    if study.timeout is not None:
+        config_mod.Rule("float", low=0, low_open=True).check("study.timeout", study.timeout)
+    if study.n_workers != "auto":
+        config_mod.INT1.check("study.n_workers", study.n_workers)
+
+
+def resolve_workers(value: Any) -> int:
+    """``auto``: one worker per visible GPU, 1 on a CPU-only machine."""
+    if value != "auto":
+        return int(value)
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return max(1, len([d for d in visible.split(",") if d.strip()]))
+    try:
+        import torch
+
+        return max(1, torch.cuda.device_count())
+    except Exception:
+        return 1
+
+
+def _objectives(raw: Any, monitor: str, mode: str, task: str) -> list[tuple[str, str]]:
+    if raw == "auto" or raw is None:
+        return [(monitor, "maximize" if mode == "max" else "minimize")]
+    items = config_mod.to_container(raw)
+    if isinstance(items, str | dict):
+        items = [items]
+    allowed = (*config_mod.VAL_METRICS[task], *OBJECTIVE_EXTRAS)
+    metrics = []
+    for item in items:
+        if isinstance(item, str):
+            item = {"name": item}
+        name = item.get("name")
+        if name not in allowed:
+            raise ConfigError(
+                f"study.metrics: unknown metric {name!r} for a {task} task; "
+                f"choose from: {', '.join(allowed)}"
+            )
+        default = "minimize" if name in ("val/loss", "val/mae", *OBJECTIVE_EXTRAS) else "maximize"
+        direction = item.get("direction", default)
+        if direction not in ("maximize", "minimize"):
+            raise ConfigError(f"study.metrics: direction of {name} must be maximize or minimize")
+        metrics.append((name, direction))
+    if not metrics:
+        raise ConfigError("study.metrics: give at least one metric (or auto)")
+    return metrics
+
+
+# -- the study and its parent MLflow run ----------------------------------------------------
+def open_study(spec: StudySpec, create: bool = True):
+    """Create the study (once, before any worker starts: optuna #1092) or load it."""
+    import optuna
+
+    from sweep.optuna_parts import build_pruner, build_sampler, build_storage
+
+    storage_cfg = spec.cfg.storage
+    storage = build_storage(
+        spec.storage_url, storage_cfg.get("heartbeat_interval"), storage_cfg.get("grace_period")
+    )
+    sampler = build_sampler(
+        spec.cfg.sampler, spec.params, spec.seed, spec.n_workers, len(spec.metrics)
+    )
+    pruner = build_pruner(spec.cfg.pruner, int(spec.cfg.trainer.max_epochs), len(spec.metrics))
+    # Optuna logs every failed trial with a traceback; our progress line and the trial's
+    # MLflow run carry the one-line reason instead.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    if not create:
+        try:
+            return optuna.load_study(
+                study_name=spec.name, storage=storage, sampler=sampler, pruner=pruner
+            )
+        except KeyError:
+            raise ConfigError(f"study.name={spec.name}: no such study in the storage") from None
+    study = optuna.create_study(
+        storage=storage,
+        sampler=sampler,
+        pruner=pruner,
+        study_name=spec.name,
+        directions=spec.directions,
+        load_if_exists=True,
+    )
+    existing = [d.name.lower() for d in study.directions]
+    if existing != spec.directions:
+        raise ConfigError(
+            f"study.metrics: study '{spec.name}' exists with directions "
+            f"{existing}, not {spec.directions}; use another study.name"
+        )
+    return study
+
+
+def ensure_parent_run(study, spec: StudySpec) -> str:
+    """The study's parent MLflow run: reused on resume, created once otherwise."""
+    from mlflow.tracking import MlflowClient
+
+    from sweep import tracking
+
+    client = MlflowClient()
+    run_id = study.user_attrs.get(PARENT_RUN_ATTR)
+    if run_id:
+        with contextlib.suppress(Exception):
+            client.get_run(run_id)
+            client.update_run(run_id, status="RUNNING")
+            return run_id
+    experiment_id = tracking.ensure_experiment(spec.name)
+    run = client.create_run(
+        experiment_id,
+        run_name=f"study-{spec.name}",
+        tags={**tracking.run_context_tags(), "sweep.role": "study", "study.name": spec.name},
+    )
+    study.set_user_attr(PARENT_RUN_ATTR, run.info.run_id)
+    _log_study_settings(client, run.info.run_id, spec)
+    return run.info.run_id
+
+
+def _log_study_settings(client, run_id: str, spec: StudySpec) -> None:
+    from sweep.tracking import Recorder, redact
+
+    recorder = Recorder(run_id)
+    settings = {
+        "study.name": spec.name,
+        "study.n_trials": spec.n_trials,
+        "study.seed": spec.seed,
+        "study.timeout": spec.timeout,
+        "study.n_workers": spec.n_workers,
+        "study.metrics": ",".join(f"{m}:{d}" for m, d in spec.metrics),
+        "storage": redact(spec.storage_url),
+        **{f"sampler.{k}": v for k, v in config_mod.flatten(spec.cfg.sampler).items()},
+        **{f"pruner.{k}": v for k, v in config_mod.flatten(spec.cfg.pruner).items()},
+        **{f"base.{k}": v for k, v in config_mod.flatten(config_mod.run_part(spec.cfg)).items()},
+    }
+    recorder.params(settings)
+    recorder.text(OmegaConf.to_yaml(spec.cfg.search), "search_space.yaml")
+    recorder.text(OmegaConf.to_yaml(config_mod.run_part(spec.cfg)), "base_config.yaml")
+
+
+# -- one trial --------------------------------------------------------------------------------
+class Objective:
+    """Callable for ``study.optimize``: one trial = one tracked training run."""
+
+    def __init__(self, spec: StudySpec, parent_run_id: str):
+        self.spec = spec
+        self.parent_run_id = parent_run_id
+        self.sampler_name = str(spec.cfg.sampler.name)
+
+    def __call__(self, trial) -> float | list[float]:
+        import optuna
+
+        from sweep.pruning import OptunaPruning
+        from sweep.train import run
+
+        trial.set_user_attr("worker", f"{platform.node()}:{os.getpid()}")
+        try:
+            return self._run(trial)
+        except optuna.TrialPruned:
+            raise
+        except BaseException as exc:
+            trial.set_user_attr("error", _one_line(exc))
+            _tag_run(trial, "FAIL", {"trial.error": _one_line(exc)})
+            raise
+
+    def _run(self, trial) -> float | list[float]:
+        import optuna
+
+        from sweep.pruning import OptunaPruning
+        from sweep.train import run
+
+        sampled = suggest(trial, self.spec.params, self.spec.cfg)
+        overrides = config_mod.merge_overrides(
+            self.spec.overrides, to_overrides(self.spec.params, sampled)
+        )
+        cfg = config_mod.compose("sweep", overrides)
+        config_mod.validate_run_config(cfg)
+        run_cfg = config_mod.run_part(cfg)
+        pruning = OptunaPruning(trial, self.spec.monitor) if not self.spec.multi_objective else None
+        tags = {
+            "sweep.role": "trial",
+            "study.name": self.spec.name,
+            "trial.number": trial.number,
+            "sampler": self.sampler_name,
+            "pruner": str(cfg.pruner.name),
+            **{f"param.{k}": v for k, v in sampled.items()},
+        }
+        retry_of = _retried_trial_number(trial)
+        if retry_of is not None:
+            tags["trial.retry_of"] = retry_of
+        result = run(
+            run_cfg,
+            parent_run_id=self.parent_run_id,
+            experiment=self.spec.name,
+            run_name=f"trial-{trial.number:04d}",
+            tags=tags,
+            callbacks=[pruning] if pruning else [],
+            overrides=overrides,
+            load_first=False,
+            on_start=lambda run_id: trial.set_user_attr("mlflow_run_id", run_id),
+        )
+        for name, value in {**result.val, **result.test}.items():
+            trial.set_user_attr(name, value)
+        trial.set_user_attr("model/params", result.num_params)
+        trial.set_user_attr("best_epoch", result.best_epoch)
+        if result.pruned_epoch is not None:
+            trial.set_user_attr("pruned_epoch", result.pruned_epoch)
+            _tag_run(trial, "PRUNED", {"trial.pruned_epoch": result.pruned_epoch})
+            raise optuna.TrialPruned(f"pruned at epoch {result.pruned_epoch}")
+        values = [result.metric(name) for name, _ in self.spec.metrics]
+        _tag_run(trial, "COMPLETE", {})
+        return values[0] if len(values) == 1 else values
+
+
+def _retried_trial_number(trial) -> int | None:
+    """The trial this one retries (a heartbeat-stale or killed trial), if any."""
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+    frozen = trial.study._storage.get_trial(trial._trial_id)
+    return RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)
+
+
+def _one_line(exc: BaseException) -> str:
+    from sweep.tracking import one_line
+
+    return one_line(exc)
+
+
+def _tag_run(trial, state: str, extra: dict[str, Any]) -> None:
+    from mlflow.tracking import MlflowClient
+
+    run_id = trial.user_attrs.get("mlflow_run_id")
+    if run_id:
+        client = MlflowClient()
+        client.set_tag(run_id, "trial.state", state)
+        for key, value in extra.items():
+            client.set_tag(run_id, key, str(value))
+
+
+# -- callbacks after each trial ----------------------------------------------------------------
+class StopOnRepeatedFailure:
+    """Stops the study when the last ``limit`` trials of this process failed alike."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.recent: list[str] = []
+        self.message: str | None = None
+
+    def __call__(self, study, trial) -> None:
+        if trial.state.name != "FAIL":
+            self.recent.clear()
+            return
+        error = trial.user_attrs.get("error") or trial.system_attrs.get("fail_reason", "unknown")
+        self.recent.append(error)
+        normalised = {
+            re.sub(r"[-+]?\d[\d.e+-]*|nan|inf", "#", e) for e in self.recent[-self.limit :]
+        }
+        if len(self.recent) >= self.limit and len(normalised) == 1:
+            self.message = (
+                f"study '{study.study_name}' stopped: {self.limit} trials in a row "
+                f"failed with: {error}"
+            )
+            study.stop()
+
+
+class StopAtFinishedCount:
+    """Stops when the study (all workers together) has ``n_trials`` COMPLETE+PRUNED trials."""
+
+    def __init__(self, n_trials: int):
+        self.n_trials = n_trials
+
+    def __call__(self, study, trial) -> None:
+        if count_finished(study) >= self.n_trials:
+            study.stop()
+
+
+def count_finished(study) -> int:
+    from optuna.trial import TrialState
+
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+
+
+class ParentRunLogger:
+    """Logs the best value so far to the parent run (step = trial number)."""
+
+    def __init__(self, parent_run_id: str, multi_objective: bool):
+        self.parent_run_id = parent_run_id
+        self.multi_objective = multi_objective
+
+    def __call__(self, study, trial) -> None:
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient()
+        if self.multi_objective:
+            client.log_metric(
+                self.parent_run_id, "pareto_size", len(study.best_trials), step=trial.number
+            )
+            return
+        with contextlib.suppress(ValueError):  # no completed trial yet
+            client.log_metric(self.parent_run_id, "best_value", study.best_value, step=trial.number)
+
+
+# -- running trials ------------------------------------------------------------------------------
+def optimize(study, spec: StudySpec, parent_run_id: str, progress=None) -> StopOnRepeatedFailure:
+    """Run trials in this process until the study is done, stopped, or timed out."""
+    import torch
+
+    from sweep.optuna_parts import env_threads
+
+    torch.set_num_threads(env_threads(spec.n_workers))
+    failures = StopOnRepeatedFailure(spec.max_repeated_failures)
+    callbacks = [
+        StopAtFinishedCount(spec.n_trials),
+        failures,
+        ParentRunLogger(parent_run_id, spec.multi_objective),
+    ]
+    if progress is not None:
+        callbacks.append(progress)
+    if count_finished(study) < spec.n_trials:
+        study.optimize(
+            Objective(spec, parent_run_id),
+            timeout=spec.timeout,
+            catch=(Exception,),
+            callbacks=callbacks,
+            gc_after_trial=False,
+        )
+    return failures
+
+
+def tune(overrides: list[str], progress: bool = True) -> dict[str, Any]:
+    """``sweep tune``: create or resume the study, run it, pick the champion, summarise."""
+    from sweep import tracking
+
+    spec = prepare(overrides)
+    tracking.setup(spec.cfg.tracking.uri)
+    study = open_study(spec)
+    parent_run_id = ensure_parent_run(study, spec)
+    if not study.trials:
+        point = base_params(spec.params, spec.cfg)  # never worse than the defaults
+        if point:
+            study.enqueue_trial(point, skip_if_exists=True)
+    status = "FAILED"
+    try:
+        bar = _ProgressBar(spec, study) if progress else None
+        with bar or contextlib.nullcontext():
+            failures = optimize(study, spec, parent_run_id, bar)
+        if failures.message:
+            raise StudyAborted(failures.message)
+        summary = finish(study, spec, parent_run_id)
+        status = "FINISHED"
+        return summary
+    except (KeyboardInterrupt, SystemExit):
+        status = "KILLED"
+        raise
+    finally:
+        from mlflow.tracking import MlflowClient
+
+        MlflowClient().set_terminated(parent_run_id, status=status)
+
+
+def finish(study, spec: StudySpec, parent_run_id: str) -> dict[str, Any]:
+    """Trials table and Pareto front to the parent run, then the champion."""
+    from sweep.champion import select_champion
+    from sweep.tracking import Recorder
+
+    recorder = Recorder(parent_run_id)
+    table = trials_table(study)
+    recorder.text(table.to_csv(index=False), "trials.csv")
+    counts = table["state"].value_counts().to_dict() if len(table) else {}
+    recorder.metrics({f"trials/{k.lower()}": v for k, v in counts.items()})
+    summary: dict[str, Any] = {
+        "study": spec.name,
+        "counts": counts,
+        "table": table,
+        "parent_run_id": parent_run_id,
+        "champion": None,
+        "direction": spec.directions[0],
+    }
+    if spec.multi_objective:
+        front = [t.number for t in study.best_trials]
+        pareto = table[table["number"].isin(front)]
+        recorder.text(pareto.to_csv(index=False), "pareto_front.csv")
+        recorder.params({"pareto_trials": ",".join(map(str, front))})
+        summary["pareto"] = pareto
+    champion_cfg = spec.cfg.get("champion") or {}
+    if int(champion_cfg.get("k", 0)) > 0:
+        summary["champion"] = select_champion(study, spec, parent_run_id)
+    return summary
+
+
+def trials_table(study):
+    """One row per trial: number, state, values, params, val/test metrics, run id."""
+    import pandas as pd
+
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        row: dict[str, Any] = {"number": t.number, "state": t.state.name}
+        values = t.values or []
+        for i, value in enumerate(values):
+            row["value" if len(values) == 1 else f"value_{i}"] = value
+        row.update({f"params.{k}": v for k, v in t.params.items()})
+        row.update({k: v for k, v in t.user_attrs.items() if k != "worker"})
+        if t.datetime_start and t.datetime_complete:
+            row["duration_s"] = (t.datetime_complete - t.datetime_start).total_seconds()
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+class _ProgressBar:
+    """Trial-level progress: done / n_trials, best so far, pruned and failed counts."""
+
+    def __init__(self, spec: StudySpec, study):
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        self.spec = spec
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+        )
+        self.task = self.progress.add_task(
+            f"study {spec.name}",
+            total=spec.n_trials,
+            completed=min(count_finished(study), spec.n_trials),
+            info="",
+        )
+        self.started = time.perf_counter()
+
+    def __enter__(self):
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.progress.stop()
+
+    def __call__(self, study, trial) -> None:
+        if trial.state.name == "FAIL":
+            reason = trial.user_attrs.get("error", "unknown error")
+            self.progress.console.print(f"trial {trial.number} failed: {reason}")
+        states = [t.state.name for t in study.get_trials(deepcopy=False)]
+        info = f"pruned {states.count('PRUNED')}  failed {states.count('FAIL')}"
+        if not self.spec.multi_objective:
+            with contextlib.suppress(ValueError):
+                info = f"best {study.best_value:.4f}  " + info
+        self.progress.update(
+            self.task, completed=min(count_finished(study), self.spec.n_trials), info=info
+        )
+
+
+def tune_command(overrides: list[str]) -> int:
+    """CLI entry: run the study and print the top trials and the champion."""
+    summary = tune(overrides)
+    print_summary(summary)
+    return 0
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = summary["table"]
+    console.print(f"study [bold]{summary['study']}[/bold]: {summary['counts']}")
+    done = table[table["state"] == "COMPLETE"] if len(table) else table
+    if len(done):
+        value_col = "value" if "value" in done else "value_0"
+        top = done.sort_values(value_col, ascending=summary["direction"] == "minimize").head(5)
+        view = Table(title="top trials (by validation)")
+        cols = ["number", value_col, *[c for c in done if c.startswith(("params.", "test/"))]]
+        for col in cols:
+            view.add_column(col.removeprefix("params."))
+        for _, row in top.iterrows():
+            view.add_row(*[_fmt(row.get(c)) for c in cols])
+        console.print(view)
+    champion = summary.get("champion")
+    if champion:
+        console.print(
+            f"champion: trial {champion['trial']}  {champion['monitor']} "
+            f"{champion['val_mean']:.4f} ± {champion['val_sd']:.4f} (val, {champion['seeds']} "
+            f"seeds)  {champion['test_metric']} {champion['test_mean']:.4f} ± "
+            f"{champion['test_sd']:.4f}  ->  {champion['model_uri']} (v{champion['version']})"
+        )
+    console.print("open the runs: make ui  ->  http://127.0.0.1:5000")
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "" if value is None else str(value)

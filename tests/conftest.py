@@ -1,0 +1,111 @@
+"""Shared fixtures: a private MLflow store per test, and the CLI run in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: Tiny run configs: a few seconds of training at most.
+TINY_SYNTHETIC = ["data=synthetic", "trainer=fast"]  # 600 rows, 3 epochs
+TINY_DIGITS = ["data=digits", "trainer.max_epochs=2", "trainer.progress=false"]
+TINY_MNIST1D = [
+    "data=mnist1d",
+    "data.num_samples=600",
+    "trainer.max_epochs=2",
+    "trainer.progress=false",
+]
+
+
+@pytest.fixture
+def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Work in ``tmp_path`` with MLflow's store at ``sqlite:///<tmp>/mlflow.db``; the URI.
+
+    The database is not created here, so a test can check that nothing created it.
+    """
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+    return uri
+
+
+@pytest.fixture(scope="session")
+def _empty_mlflow_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An MLflow sqlite database with its schema, made once: migrations cost ~1 s each."""
+    from mlflow.tracking import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture
+def tracked(mlflow_store: str, tmp_path: Path, _empty_mlflow_db: Path):
+    """``mlflow_store`` with the schema already in place, for in-process training runs.
+
+    After the test no MLflow run may be left active in this process.
+    """
+    import mlflow
+
+    shutil.copy(_empty_mlflow_db, tmp_path / "mlflow.db")
+    mlflow.set_tracking_uri(mlflow_store)
+    yield mlflow_store
+    leaked = mlflow.active_run()
+    while mlflow.active_run() is not None:
+        mlflow.end_run()
+    assert leaked is None, f"run {leaked.info.run_id} was left active"
+
+
+def cli_env(uri: str | None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    if uri:
+        env["MLFLOW_TRACKING_URI"] = uri
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env.setdefault("PYTHONHASHSEED", "0")
+    return env
+
+
+def run_cli(
+    *args: str, cwd: Path, uri: str | None = None, timeout: float = 180
+) -> subprocess.CompletedProcess:
+    """``python -m sweep ARGS`` in ``cwd`` with ``MLFLOW_TRACKING_URI=uri``."""
+    return subprocess.run(
+        [sys.executable, "-m", "sweep", *args],
+        cwd=cwd,
+        env=cli_env(uri),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture
+def cli(mlflow_store: str, tmp_path: Path) -> Callable[..., subprocess.CompletedProcess]:
+    """Run the CLI in ``tmp_path`` against the test's MLflow store."""
+
+    def call(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+        return run_cli(*args, cwd=tmp_path, uri=mlflow_store, timeout=timeout)
+
+    return call
+
+
+def count_runs(db_path: Path) -> int:
+    """Runs in an MLflow sqlite store; 0 when the file or its tables do not exist."""
+    if not db_path.exists():
+        return 0
+    with sqlite3.connect(db_path) as conn:
+        tables = {r[0] for r in conn.execute("select name from sqlite_master where type='table'")}
+        if "runs" not in tables:
+            return 0
+        return int(conn.execute("select count(*) from runs").fetchone()[0])

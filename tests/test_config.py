@@ -1,0 +1,210 @@
+"""Run-config composition and validation: every bad value is one line naming its key."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT, cli_env, count_runs
+from omegaconf import OmegaConf
+
+from sweep.config import (
+    SCHEMAS,
+    flatten,
+    load_run_config,
+    merge_overrides,
+    override_key,
+    run_part,
+)
+from sweep.errors import ConfigError
+
+HEAVY = ("torch", "mlflow", "lightning", "pytorch_lightning")
+
+
+# -- accepted ---------------------------------------------------------------------------
+def test_defaults_compose_and_validate():
+    cfg = load_run_config([])
+    assert cfg.data.name == "mnist1d"
+    assert cfg.model.name == "mlp"
+    assert cfg.optimizer.name == "adam"
+    assert cfg.scheduler.name == "none"
+    assert cfg.trainer.max_epochs >= 1
+    assert cfg.seed == 0
+    assert set(run_part(cfg)) == {
+        "data",
+        "model",
+        "optimizer",
+        "scheduler",
+        "trainer",
+        "tracking",
+        "seed",
+    }
+
+
+def test_issue_example_cnn_sgd():
+    cfg = load_run_config(["model=cnn", "optimizer=sgd", "optimizer.lr=0.05", "data.batch_size=128"])
+    assert cfg.model.name == "cnn"
+    assert cfg.optimizer.name == "sgd"
+    assert cfg.optimizer.lr == 0.05
+    assert cfg.data.batch_size == 128
+
+
+def test_issue_example_csv():
+    # Not loaded here: the file is checked when the data is loaded, not at compose time.
+    cfg = load_run_config(["data=csv", "data.path=x.csv", "data.target=label"])
+    assert cfg.data.name == "csv"
+    assert cfg.data.path == "x.csv"
+    assert cfg.data.target == "label"
+
+
+@pytest.mark.parametrize(
+    ("group", "options"),
+    [(group, sorted(options)) for group, options in SCHEMAS.items()],
+)
+def test_every_group_option_validates(group, options):
+    """Each conf/<group>/*.yaml has a schema, and each schema a yaml that passes it."""
+    on_disk = sorted(p.stem for p in (ROOT / "conf" / group).glob("*.yaml"))
+    assert on_disk == options
+    for option in options:
+        extra = ["data.path=x.csv", "data.target=y"] if (group, option) == ("data", "csv") else []
+        cfg = load_run_config([f"{group}={option}", *extra])
+        assert cfg[group].name == option
+
+
+def test_flatten_and_overrides_helpers():
+    assert flatten(OmegaConf.create({"a": {"b": 1, "c": [1, 2]}, "d": 2})) == {
+        "a.b": 1,
+        "a.c": [1, 2],
+        "d": 2,
+    }
+    assert override_key("+model.width=3") == "model.width"
+    assert override_key("~model.width") == "model.width"
+    assert merge_overrides(["model=cnn", "optimizer.lr=1"], ["optimizer.lr=2"]) == [
+        "model=cnn",
+        "optimizer.lr=2",
+    ]
+
+
+# -- rejected -----------------------------------------------------------------------------
+def reject(overrides: list[str]) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_run_config(overrides)
+    message = str(info.value)
+    assert "\n" not in message.strip(), message
+    return message
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        (["optimizer.lr=0"], "optimizer.lr"),
+        (["optimizer.lr=-1"], "optimizer.lr"),
+        (["data.batch_size=0"], "data.batch_size"),
+        (["model.dropout=1.0"], "model.dropout"),
+        (["model.dropout=-0.1"], "model.dropout"),
+        (["model=cnn", "model.dropout=1.0"], "model.dropout"),
+        (["trainer.max_epochs=0"], "trainer.max_epochs"),
+        (["optimizer.lr=abc"], "optimizer.lr"),
+        (["model.batch_norm=maybe"], "model.batch_norm"),
+        (["trainer.max_epochs=2.5"], "trainer.max_epochs"),
+        (["optimizer.lrr=1"], "optimizer.lrr"),
+        (["+optimizer.lrr=1"], "optimizer.lrr"),
+        (["data=csv"], "data.path"),
+        (["data=csv", "data.path=x.csv"], "data.target"),
+        (["trainer.monitor=val/r2"], "trainer.monitor"),
+        (["data=synthetic", "data.task=regression", "trainer.monitor=val/acc"], "trainer.monitor"),
+        (["data=digits", "data.val_fraction=0.5", "data.test_fraction=0.5"], "data.val_fraction"),
+        (["data=digits", "data.val_fraction=0.7", "data.test_fraction=0.4"], "data.val_fraction"),
+        (["data.val_fraction=0"], "data.val_fraction"),
+        (["scheduler=step", "scheduler.gamma=0"], "scheduler.gamma"),
+        (["seed=-1"], "seed"),
+    ],
+)
+def test_bad_values_name_their_key(overrides, key):
+    message = reject(overrides)
+    assert re.search(rf"(^|\W){re.escape(key)}(\W|$)", message), message
+
+
+def test_range_is_explained():
+    assert "> 0" in reject(["optimizer.lr=0"])
+    assert "[0, 1)" in reject(["model.dropout=1.0"])
+    assert "integer" in reject(["data.batch_size=abc"])
+    assert "true or false" in reject(["model.batch_norm=maybe"])
+
+
+def test_unknown_key_lists_known_keys():
+    message = reject(["+optimizer.lrr=1"])
+    assert "unknown key" in message
+    assert "lr" in message
+    assert "unknown key" in reject(["optimizer.lrr=1"])
+
+
+def test_unknown_group_option_lists_choices():
+    message = reject(["model=foo"])
+    assert "model" in message and "foo" in message
+    assert "cnn" in message and "mlp" in message
+
+
+def test_monitor_error_lists_task_metrics():
+    message = reject(["data=digits", "trainer.monitor=val/r2"])
+    assert "classification" in message
+    assert "val/acc" in message
+
+
+def test_unparsable_override_is_one_line():
+    message = reject(["optimizer.lr=[1,"])
+    assert "optimizer.lr" in message
+
+
+# -- the CLI --------------------------------------------------------------------------------
+def test_cli_config_error_is_one_line_and_leaves_no_run(cli, tmp_path):
+    proc = cli("train", "optimizer.lr=-1")
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "optimizer.lr" in lines[0]
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert count_runs(tmp_path / "mlflow.db") == 0
+    assert not (tmp_path / "mlflow.db").exists()
+    assert not (tmp_path / "mlruns").exists()
+
+
+def test_cli_unknown_option_is_one_line(cli):
+    proc = cli("train", "model=foo")
+    assert proc.returncode == 2
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "cnn" in proc.stderr and "mlp" in proc.stderr
+
+
+def imported_modules(args: list[str], tmp_path) -> tuple[subprocess.CompletedProcess, set[str]]:
+    """Run ``python -X importtime -m sweep ARGS``; the top-level modules it imported."""
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "sweep", *args],
+        cwd=tmp_path,
+        env=cli_env(f"sqlite:///{tmp_path / 'mlflow.db'}"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    modules = set()
+    for line in proc.stderr.splitlines():
+        if line.startswith("import time:") and "|" in line:
+            name = line.rsplit("|", 1)[1].strip()
+            modules.add(name.split(".")[0])
+    assert modules, proc.stderr[-2000:]
+    return proc, modules
+
+
+def test_help_imports_no_heavy_library(tmp_path):
+    proc, modules = imported_modules(["--help"], tmp_path)
+    assert proc.returncode == 0
+    assert "train" in proc.stdout
+    assert not modules & set(HEAVY), sorted(modules & set(HEAVY))
+
+
+def test_config_error_imports_no_heavy_library(tmp_path):
+    proc, modules = imported_modules(["train", "optimizer.lr=-1"], tmp_path)
+    assert proc.returncode == 2
+    assert not modules & set(HEAVY), sorted(modules & set(HEAVY))
