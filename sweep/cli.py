@@ -1,18 +1,25 @@
 """The ``sweep`` command. Thin: parse, then call the functions the tests call too.
 
 Heavy libraries (torch, Lightning, MLflow) are imported only by the commands that need
-them, so ``sweep --help`` and config errors answer at once.
+them, so ``sweep --help`` and config errors answer at once. Each command is
+``"module:function"``; the function takes the command's arguments and returns the exit
+status.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import signal
 import sys
 
-COMMANDS = {
-    "train": "train one run: sweep train [hydra overrides]",
-    "tune": "run (or resume) an Optuna study: sweep tune [hydra overrides]",
+#: name -> (one-line help, "module:function" taking list[str] and returning an exit code)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("train one run: sweep train [hydra overrides]", "sweep.cli:cmd_train"),
+    "tune": (
+        "run or resume an Optuna study: sweep tune [hydra overrides]",
+        "sweep.study:tune_command",
+    ),
 }
 
 
@@ -23,11 +30,9 @@ def _parser() -> argparse.ArgumentParser:
         epilog="Overrides are Hydra's: key=value, group=option, +new.key=value.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, help_text in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        p.add_argument(
-            "overrides", nargs="*", help="Hydra overrides, e.g. model=cnn optimizer.lr=3e-3"
-        )
+    for name, (help_text, _) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text, add_help=False)
+        p.add_argument("args", nargs=argparse.REMAINDER, help="overrides or command options")
     return parser
 
 
@@ -68,22 +73,20 @@ def main(argv: list[str] | None = None) -> int:
     from sweep.errors import SweepError
 
     args = _parser().parse_args(argv)
+    if args.args[:1] in (["-h"], ["--help"]):
+        print(f"sweep {args.command}: {COMMANDS[args.command][0]}")
+        return 0
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-    handler = {"train": cmd_train, "tune": _cmd_tune}[args.command]
+    module_name, function_name = COMMANDS[args.command][1].split(":")
+    handler = getattr(importlib.import_module(module_name), function_name)
     try:
-        return handler(args.overrides)
+        return handler(list(args.args))
     except SweepError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted: runs closed; rerun the same command to resume", file=sys.stderr)
         return 130
-
-
-def _cmd_tune(overrides: list[str]) -> int:
-    from sweep.study import tune_command
-
-    return tune_command(overrides)
 
 
 if __name__ == "__main__":

@@ -70,7 +70,7 @@ class Param:
                 f"(add step: or use type: categorical)"
             )
         step = self.step or 1
-        count = int(round((self.high - self.low) / step)) + 1
+        count = round((self.high - self.low) / step) + 1
         values = [self.low + i * step for i in range(count)]
         return [int(v) for v in values] if self.type == "int" else values
 

@@ -265,9 +265,6 @@ class Objective:
     def __call__(self, trial) -> float | list[float]:
         import optuna
 
-        from sweep.pruning import OptunaPruning
-        from sweep.train import run
-
         trial.set_user_attr("worker", f"{platform.node()}:{os.getpid()}")
         try:
             return self._run(trial)

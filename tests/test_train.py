@@ -1,0 +1,427 @@
+"""One tracked training run, end to end: config in, Lightning fit, everything in MLflow."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import lightning as L
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from conftest import ROOT, TINY_DIGITS, TINY_MNIST1D, TINY_SYNTHETIC, cli_env, count_runs
+from mlflow.tracking import MlflowClient
+from sklearn.datasets import load_digits
+
+from sweep.config import load_run_config, run_part, to_container
+from sweep.data.base import split_indices
+from sweep.errors import DataError, NonFiniteLossError
+from sweep.models.task import Task
+from sweep.train import load_data, run
+
+pytestmark = pytest.mark.e2e
+
+TIMING_METRICS = {"time/epoch", "time/fit"}
+
+
+# -- helpers ---------------------------------------------------------------------------------
+def train(overrides: list[str], **kwargs):
+    cfg = load_run_config(overrides)
+    return cfg, run(cfg, overrides=overrides, **kwargs)
+
+
+def history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float]]:
+    points = sorted(client.get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp))
+    return [(m.step, m.value) for m in points]
+
+
+def values(client: MlflowClient, run_id: str, key: str) -> list[float]:
+    return [v for _, v in history(client, run_id, key)]
+
+
+def histories(client: MlflowClient, run_id: str) -> dict[str, list[tuple[int, float]]]:
+    return {k: history(client, run_id, k) for k in client.get_run(run_id).data.metrics}
+
+
+def all_runs(client: MlflowClient):
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    return client.search_runs(experiments) if experiments else []
+
+
+def only_run(client: MlflowClient):
+    runs = all_runs(client)
+    assert len(runs) == 1, [r.info.run_id for r in runs]
+    return runs[0]
+
+
+def raw_digits_split(cfg):
+    """The raw 8x8 images and labels of each split, rebuilt from scikit-learn."""
+    bunch = load_digits()
+    tr, va, te = split_indices(
+        len(bunch.images),
+        cfg.data.val_fraction,
+        cfg.data.test_fraction,
+        cfg.data.split_seed,
+        stratify=bunch.target,
+    )
+    flat = bunch.images.reshape(len(bunch.images), -1).astype(np.float32)
+    return {name: (flat[i], bunch.target[i]) for name, i in (("val", va), ("test", te))}
+
+
+def accuracy(model, x: np.ndarray, y: np.ndarray) -> float:
+    predicted = model.predict(x)["prediction"].to_numpy()
+    return float((predicted.astype(np.int64) == y).mean())
+
+
+# -- a classification run, everything recorded ------------------------------------------------
+def test_digits_run_is_fully_tracked(tracked):
+    overrides = [*TINY_DIGITS, "model.width=32", "seed=3"]
+    cfg, result = train(overrides)
+    client = MlflowClient(tracking_uri=tracked)
+    record = only_run(client)
+    assert record.info.run_id == result.run_id
+    assert record.info.status == "FINISHED"
+    assert record.info.end_time is not None
+
+    # params: the flattened config and the data's shapes
+    params = record.data.params
+    assert params["model.width"] == "32"
+    assert params["optimizer.lr"] == str(cfg.optimizer.lr)
+    assert params["data.batch_size"] == "64"
+    assert params["seed"] == "3"
+    assert params["trainer.max_epochs"] == "2"
+    ds = load_data(cfg)
+    assert params["data.n_train"] == str(len(ds.x_train))
+    assert params["data.n_val"] == str(len(ds.x_val))
+    assert params["data.n_test"] == str(len(ds.x_test))
+    assert params["data.input_shape"] == "8x8"
+    assert params["data.num_outputs"] == "10"
+    assert int(params["model.num_params"]) == result.num_params > 0
+
+    # per-epoch curves, step = epoch
+    for key in ("train/loss", "val/loss", "val/acc", "val/f1", "lr", "time/epoch"):
+        assert [s for s, _ in history(client, result.run_id, key)] == [0, 1], key
+    assert values(client, result.run_id, "lr") == [cfg.optimizer.lr] * 2
+    assert all(v > 0 for v in values(client, result.run_id, "time/epoch"))
+    # test scores: once each, equal to the result
+    for key in ("test/acc", "test/f1", "test/loss"):
+        points = history(client, result.run_id, key)
+        assert len(points) == 1, key
+        assert points[0][1] == pytest.approx(result.test[key])
+    val_acc = values(client, result.run_id, "val/acc")
+    assert record.data.metrics["best/acc"] == pytest.approx(max(val_acc))
+    assert record.data.metrics["best/epoch"] == int(np.argmax(val_acc)) == result.best_epoch
+    assert result.value == pytest.approx(max(val_acc))
+    assert result.epochs_run == 2
+
+    # tags: where it came from
+    tags = record.data.tags
+    if (ROOT / ".git").exists():
+        assert re.fullmatch(r"[0-9a-f]{40}", tags["git.commit"])
+        assert tags["git.dirty"] in ("true", "false")
+    assert tags["overrides"] == " ".join(overrides)
+    assert tags["command"]
+    assert tags["host"]
+    assert tags["version.torch"].split("+")[0] == torch.__version__.split("+")[0]
+    assert tags["monitor"] == "val/acc" and tags["mode"] == "max"
+    assert tags["model_uri"] == result.model_uri
+    assert "error" not in tags
+
+    # the config as an artifact: exactly the run part of the composed config
+    assert "config.yaml" in [a.path for a in client.list_artifacts(result.run_id)]
+    text = mlflow.artifacts.load_text(f"runs:/{result.run_id}/config.yaml")
+    assert yaml.safe_load(text) == to_container(run_part(cfg))
+
+    # the model: raw flattened images in, original labels out, the logged scores back
+    model = mlflow.pyfunc.load_model(result.model_uri)
+    raw = raw_digits_split(cfg)
+    x_test, y_test = raw["test"]
+    assert accuracy(model, x_test, y_test) == pytest.approx(result.test["test/acc"], abs=1e-6)
+    # the logged weights are the best validation epoch's
+    x_val, y_val = raw["val"]
+    assert accuracy(model, x_val, y_val) == pytest.approx(record.data.metrics["best/acc"], abs=1e-6)
+    proba = model.predict(x_test[:4], params={"proba": True})
+    assert np.allclose(proba.filter(like="proba_").sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_best_weights_are_restored(tracked, monkeypatch):
+    """val/acc made to peak at epoch 1 of 3: the model tested and logged is epoch 1's."""
+    fake = iter([0.5, 0.9, 0.7])
+    original = Task.on_validation_epoch_end
+
+    def patched(self):
+        original(self)
+        self.epoch_metrics["val/acc"] = next(fake)
+
+    class Snapshots(L.Callback):
+        def __init__(self):
+            self.states = []
+
+        def on_validation_end(self, trainer, pl_module):
+            net = pl_module.network
+            self.states.append({k: v.detach().clone() for k, v in net.state_dict().items()})
+
+    monkeypatch.setattr(Task, "on_validation_epoch_end", patched)
+    snapshots = Snapshots()
+    _, result = train([*TINY_SYNTHETIC, "trainer.early_stopping.enabled=false"],
+                      callbacks=[snapshots])  # fmt: skip
+    client = MlflowClient(tracking_uri=tracked)
+    assert values(client, result.run_id, "val/acc") == [0.5, 0.9, 0.7]
+    metrics = client.get_run(result.run_id).data.metrics
+    assert metrics["best/acc"] == 0.9
+    assert metrics["best/epoch"] == 1
+    assert result.best_epoch == 1
+    logged = mlflow.pyfunc.load_model(result.model_uri).unwrap_python_model().network.state_dict()
+    assert len(snapshots.states) == 3
+    assert all(torch.equal(logged[k], v) for k, v in snapshots.states[1].items())
+    assert not all(torch.equal(logged[k], v) for k, v in snapshots.states[2].items())
+
+
+# -- regression --------------------------------------------------------------------------------
+def test_regression_run(tracked):
+    overrides = [*TINY_SYNTHETIC, "data.task=regression"]
+    cfg, result = train(overrides)
+    client = MlflowClient(tracking_uri=tracked)
+    record = client.get_run(result.run_id)
+    assert record.info.status == "FINISHED"
+    assert (result.monitor, result.mode) == ("val/loss", "min")
+    assert record.data.tags["monitor"] == "val/loss" and record.data.tags["mode"] == "min"
+    for key in ("train/loss", "val/loss", "val/mae", "val/r2", "lr", "time/epoch"):
+        assert [s for s, _ in history(client, result.run_id, key)] == [0, 1, 2], key
+    assert "val/acc" not in record.data.metrics
+    for key in ("test/r2", "test/mae", "test/loss"):
+        assert len(history(client, result.run_id, key)) == 1, key
+    val_loss = values(client, result.run_id, "val/loss")
+    assert record.data.metrics["best/loss"] == pytest.approx(min(val_loss))
+    assert result.test["test/r2"] > 0.5  # it learned something in 3 epochs
+
+    # the model answers in the target's own units, from raw inputs
+    ds = load_data(cfg)
+    pre = ds.preprocessor
+    x_raw = (ds.x_test * pre.scale + pre.mean).astype(np.float32)
+    y_raw = pre.decode_target(ds.y_test)
+    predicted = mlflow.pyfunc.load_model(result.model_uri).predict(x_raw)["prediction"].to_numpy()
+    mae = float(np.abs(predicted - y_raw).mean())
+    r2 = 1 - float(((predicted - y_raw) ** 2).sum() / ((y_raw - y_raw.mean()) ** 2).sum())
+    assert mae == pytest.approx(result.test["test/mae"], rel=1e-3)
+    assert r2 == pytest.approx(result.test["test/r2"], abs=1e-3)
+    assert float(np.std(y_raw)) > 5  # original units, not standardised ones
+
+
+# -- CNN on images and sequences -------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("overrides", "shape"),
+    [(TINY_DIGITS, "8x8"), (TINY_MNIST1D, "40")],
+    ids=["digits-2d", "mnist1d-1d"],
+)
+def test_cnn_trains(tracked, overrides, shape):
+    cfg, result = train([*overrides, "model=cnn", "model.channels=8", "model.depth=2"])
+    client = MlflowClient(tracking_uri=tracked)
+    record = client.get_run(result.run_id)
+    assert record.info.status == "FINISHED"
+    assert record.data.params["model.name"] == "cnn"
+    assert record.data.params["data.input_shape"] == shape
+    train_loss = values(client, result.run_id, "train/loss")
+    assert len(train_loss) == 2 and train_loss[1] < train_loss[0]
+    assert result.test["test/acc"] > 0.1  # better than chance (10 classes)
+    model = mlflow.pyfunc.load_model(result.model_uri)
+    example = load_data(cfg).input_example
+    labels = model.predict(example)["prediction"].tolist()
+    assert len(labels) == len(example) and set(labels) <= set(range(10))
+
+
+# -- reproducibility ------------------------------------------------------------------------------
+def test_same_config_and_seed_reproduce_every_metric(tracked):
+    overrides = [*TINY_SYNTHETIC, "model.dropout=0.3"]
+    _, first = train(overrides)
+    _, second = train(overrides)
+    _, other_seed = train([*overrides, "seed=1"])
+    client = MlflowClient(tracking_uri=tracked)
+    a, b, c = (histories(client, r.run_id) for r in (first, second, other_seed))
+    assert set(a) == set(b)
+    compared = set(a) - TIMING_METRICS
+    assert {"train/loss", "val/loss", "val/acc", "test/acc", "best/acc"} <= compared
+    for key in sorted(compared):
+        assert a[key] == b[key], key
+    assert a["train/loss"] != c["train/loss"]  # the seed matters, so the check has teeth
+    params = [client.get_run(r.run_id).data.params for r in (first, second)]
+    assert params[0] == params[1]
+
+
+# -- early stopping -------------------------------------------------------------------------------
+def test_early_stopping_stops_and_keeps_the_best(tracked):
+    overrides = [
+        "data=synthetic",
+        "trainer.max_epochs=10",
+        "trainer.progress=false",
+        "trainer.early_stopping.patience=1",
+        "optimizer.lr=1e-9",  # nothing improves
+    ]
+    _, result = train(overrides)
+    client = MlflowClient(tracking_uri=tracked)
+    record = client.get_run(result.run_id)
+    assert record.info.status == "FINISHED"
+    val_acc = values(client, result.run_id, "val/acc")
+    assert len(val_acc) == result.epochs_run < 10
+    assert record.data.metrics["best/acc"] == pytest.approx(max(val_acc))
+    assert record.data.metrics["best/epoch"] == int(np.argmax(val_acc))
+    assert "test/acc" in record.data.metrics
+
+
+# -- failures close the run -------------------------------------------------------------------------
+def test_diverging_run_ends_failed(tracked):
+    overrides = [*TINY_SYNTHETIC, "data.task=regression", "optimizer=sgd", "optimizer.lr=1e6"]
+    with pytest.raises(NonFiniteLossError):
+        train(overrides)
+    client = MlflowClient(tracking_uri=tracked)
+    record = only_run(client)
+    assert record.info.status == "FAILED"
+    assert record.info.end_time is not None
+    assert record.data.tags["error"].startswith("NonFiniteLossError")
+    assert "model_uri" not in record.data.tags
+
+
+def test_exception_inside_fit_ends_failed(tracked, monkeypatch):
+    def boom(self, batch, batch_idx):
+        raise RuntimeError("boom in training_step")
+
+    monkeypatch.setattr(Task, "training_step", boom)
+    with pytest.raises(RuntimeError, match="boom"):
+        train(TINY_SYNTHETIC)
+    record = only_run(MlflowClient(tracking_uri=tracked))
+    assert record.info.status == "FAILED"
+    assert record.data.tags["error"] == "RuntimeError: boom in training_step"
+
+
+def test_keyboard_interrupt_during_fit_ends_killed(tracked):
+    class CtrlC(L.Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            if trainer.current_epoch == 1:
+                raise KeyboardInterrupt
+
+    handler = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):  # not Lightning's SystemExit(1)
+        train([*TINY_SYNTHETIC, "trainer.max_epochs=5"], callbacks=[CtrlC()])
+    assert signal.getsignal(signal.SIGINT) == handler
+    client = MlflowClient(tracking_uri=tracked)
+    record = only_run(client)
+    assert record.info.status == "KILLED"
+    assert "interrupted" in record.data.tags["error"]
+    # the curve up to the interruption is kept
+    assert [s for s, _ in history(client, record.info.run_id, "val/loss")] == [0]
+
+
+def test_bad_data_leaves_no_run(tracked, tmp_path):
+    with pytest.raises(DataError, match="missing.csv"):
+        train(["data=csv", "data.path=missing.csv", "data.target=y"])
+    assert count_runs(tmp_path / "mlflow.db") == 0
+
+
+# -- the command line ------------------------------------------------------------------------------
+def run_id_from(stdout: str) -> str:
+    match = re.search(r"run id: ([0-9a-f]{32})", stdout)
+    assert match, stdout
+    return match.group(1)
+
+
+def test_cli_train(tracked, cli):
+    proc = cli("train", *TINY_SYNTHETIC)
+    assert proc.returncode == 0, proc.stderr
+    for name in ("test/acc", "test/f1", "best val/acc"):
+        assert name in proc.stdout
+    assert "Traceback" not in proc.stderr
+    for noise in ("💡", "Tip:", "many workers", "type hints", "GPU available"):
+        assert noise not in proc.stdout + proc.stderr, noise
+    record = MlflowClient(tracking_uri=tracked).get_run(run_id_from(proc.stdout))
+    assert record.info.status == "FINISHED"
+    assert record.data.tags["overrides"] == "data=synthetic trainer=fast"
+    assert "train data=synthetic trainer=fast" in record.data.tags["command"]
+    assert "test/acc" in record.data.metrics
+
+
+def write_messy_csv(path) -> pd.DataFrame:
+    """String labels, an id column, missing values, spaces in column names."""
+    rng = np.random.default_rng(0)
+    n = 200
+    a, b = rng.normal(size=n), rng.normal(size=n)
+    frame = pd.DataFrame(
+        {
+            "id": np.arange(1000, 1000 + n),
+            "feature a": a.round(3),
+            "feature b": b.round(3),
+            "colour": rng.choice(["red", "green", "blue"], n),
+            "the label": np.where(a + b > 0, "yes", "no"),
+        }
+    )
+    frame.loc[[3, 7, 20], "feature a"] = np.nan
+    frame.loc[[5, 9], "colour"] = None
+    frame.to_csv(path, index=False)
+    return frame
+
+
+def test_cli_train_on_messy_csv(tracked, cli, tmp_path):
+    frame = write_messy_csv(tmp_path / "my table.csv")
+    proc = cli(
+        "train",
+        "data=csv",
+        "data.path=my table.csv",
+        "data.target=the label",
+        "data.drop=[id]",
+        "trainer=fast",
+    )
+    assert proc.returncode == 0, proc.stderr
+    run_id = run_id_from(proc.stdout)
+    record = MlflowClient(tracking_uri=tracked).get_run(run_id)
+    assert record.info.status == "FINISHED"
+    assert record.data.params["data.task"] == "classification"
+    model = mlflow.pyfunc.load_model(record.data.tags["model_uri"])
+    raw = pd.read_csv(tmp_path / "my table.csv").drop(columns=["the label"])
+    assert raw.isna().any().any()
+    predicted = model.predict(raw)["prediction"]
+    assert set(predicted) <= {"yes", "no"}
+    assert (predicted.to_numpy() == frame["the label"].to_numpy()).mean() > 0.7
+    proba = model.predict(raw.head(3), params={"proba": True})
+    assert list(proba.columns) == ["prediction", "proba_no", "proba_yes"]
+
+
+def test_cli_missing_data_file(cli, tmp_path):
+    proc = cli("train", "data=csv", "data.path=missing.csv", "data.target=y", "trainer=fast")
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "missing.csv" in lines[0]
+    assert "Traceback" not in proc.stderr
+    assert count_runs(tmp_path / "mlflow.db") == 0
+
+
+def test_cli_sigterm_closes_the_run(tracked, tmp_path):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sweep", "train", "data=synthetic", "trainer.max_epochs=100000",
+         "trainer.early_stopping.enabled=false", "trainer.progress=true"],
+        cwd=tmp_path, env=cli_env(tracked), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line or line.lstrip().startswith("epoch"):
+                break
+        assert line, "the run ended before its first epoch"
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, stderr
+    assert "interrupted" in stderr
+    record = only_run(MlflowClient(tracking_uri=tracked))
+    assert record.info.status == "KILLED"
+    assert "interrupted" in record.data.tags["error"]
