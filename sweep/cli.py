@@ -20,6 +20,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "run or resume an Optuna study: sweep tune [hydra overrides]",
         "sweep.study:tune_command",
     ),
+    "worker": (
+        "join an existing study and run its trials: sweep worker [hydra overrides]",
+        "sweep.workers:worker_command",
+    ),
+    "check": (
+        "compare a study in Optuna with its runs in MLflow: sweep check study.name=...",
+        "sweep.check:check_command",
+    ),
 }
 
 

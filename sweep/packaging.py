@@ -20,7 +20,8 @@ BUNDLE = "bundle"
 
 def _quiet_mlflow_model_logging() -> None:
     """MLflow's advice about type hints, integer columns and cloudpickle does not apply:
-    the signature is inferred from a real example and the model class is our own."""
+    the signature is inferred from a real example and the model class is our own.
+    Cheap and idempotent: called per logged model, as callers may reset warning filters."""
     import logging
     import os
     import warnings

@@ -272,8 +272,34 @@ class Objective:
             raise
         except BaseException as exc:
             trial.set_user_attr("error", _one_line(exc))
+            if "mlflow_run_id" not in trial.user_attrs:
+                self._record_early_failure(trial)  # failed before its run existed
             _tag_run(trial, "FAIL", {"trial.error": _one_line(exc)})
             raise
+
+    def _record_early_failure(self, trial) -> None:
+        """A FAILED child run for a trial that failed before training started, so that
+        every trial has its run."""
+        from mlflow.tracking import MlflowClient
+
+        from sweep import tracking
+
+        client = MlflowClient()
+        run = client.create_run(
+            tracking.ensure_experiment(self.spec.name),
+            run_name=f"trial-{trial.number:04d}",
+            tags={
+                **tracking.run_context_tags(),
+                "mlflow.parentRunId": self.parent_run_id,
+                "sweep.role": "trial",
+                "study.name": self.spec.name,
+                "trial.number": str(trial.number),
+                "sampler": self.sampler_name,
+                "error": trial.user_attrs.get("error", ""),
+            },
+        )
+        client.set_terminated(run.info.run_id, status="FAILED")
+        trial.set_user_attr("mlflow_run_id", run.info.run_id)
 
     def _run(self, trial) -> float | list[float]:
         import optuna
@@ -329,7 +355,10 @@ def _retried_trial_number(trial) -> int | None:
     from optuna.storages import RetryHeartbeatStaleTrialCallback
 
     frozen = trial.study._storage.get_trial(trial._trial_id)
-    return RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)
+    retry_of = frozen.user_attrs.get("retry_of")  # a local dead or interrupted trial
+    if retry_of is not None:
+        return retry_of
+    return RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)  # a heartbeat retry
 
 
 def _one_line(exc: BaseException) -> str:
@@ -442,6 +471,7 @@ def optimize(study, spec: StudySpec, parent_run_id: str, progress=None) -> StopO
 def tune(overrides: list[str], progress: bool = True) -> dict[str, Any]:
     """``sweep tune``: create or resume the study, run it, pick the champion, summarise."""
     from sweep import tracking
+    from sweep.workers import recover, run_local_workers
 
     spec = prepare(overrides)
     tracking.setup(spec.cfg.tracking.uri)
@@ -451,13 +481,18 @@ def tune(overrides: list[str], progress: bool = True) -> dict[str, Any]:
         point = base_params(spec.params, spec.cfg)  # never worse than the defaults
         if point:
             study.enqueue_trial(point, skip_if_exists=True)
+    recover(study)  # trials and runs a killed earlier invocation left behind
     status = "FAILED"
     try:
         bar = _ProgressBar(spec, study) if progress else None
         with bar or contextlib.nullcontext():
-            failures = optimize(study, spec, parent_run_id, bar)
-        if failures.message:
-            raise StudyAborted(failures.message)
+            if spec.n_workers > 1:
+                codes = run_local_workers(study, spec, bar)
+                _raise_if_workers_failed(study, spec, codes)
+            else:
+                failures = optimize(study, spec, parent_run_id, bar)
+                if failures.message:
+                    raise StudyAborted(failures.message)
         summary = finish(study, spec, parent_run_id)
         status = "FINISHED"
         return summary
@@ -468,6 +503,18 @@ def tune(overrides: list[str], progress: bool = True) -> dict[str, Any]:
         from mlflow.tracking import MlflowClient
 
         MlflowClient().set_terminated(parent_run_id, status=status)
+
+
+def _raise_if_workers_failed(study, spec: StudySpec, codes: list[int]) -> None:
+    if all(code == 0 for code in codes):
+        return
+    failed = [t for t in study.get_trials(deepcopy=False) if t.state.name == "FAIL"]
+    if failed and count_finished(study) < spec.n_trials:
+        reason = failed[-1].user_attrs.get("error", "unknown error")
+        raise StudyAborted(
+            f"study '{spec.name}' stopped: workers exited with {codes}; last failure: {reason}"
+        )
+    raise StudyAborted(f"study '{spec.name}': workers exited with {codes}")
 
 
 def finish(study, spec: StudySpec, parent_run_id: str) -> dict[str, Any]:
@@ -557,6 +604,9 @@ class _ProgressBar:
         if trial.state.name == "FAIL":
             reason = trial.user_attrs.get("error", "unknown error")
             self.progress.console.print(f"trial {trial.number} failed: {reason}")
+        self.refresh(study)
+
+    def refresh(self, study) -> None:
         states = [t.state.name for t in study.get_trials(deepcopy=False)]
         info = f"pruned {states.count('PRUNED')}  failed {states.count('FAIL')}"
         if not self.spec.multi_objective:

@@ -301,7 +301,7 @@ def test_exception_inside_fit_ends_failed(tracked, monkeypatch):
 
 def test_keyboard_interrupt_during_fit_ends_killed(tracked):
     class CtrlC(L.Callback):
-        def on_train_epoch_end(self, trainer, pl_module):
+        def on_train_epoch_start(self, trainer, pl_module):
             if trainer.current_epoch == 1:
                 raise KeyboardInterrupt
 
