@@ -100,6 +100,23 @@ def _as_input(model_input: Any, preprocessor: Any) -> Any:
     return np.asarray(model_input, dtype=np.float32)
 
 
+def _signature_example(example: Any, preprocessor: Any) -> Any:
+    """The input example with numeric table columns as float64.
+
+    The signature is inferred from it, and the model server enforces it: an int64 column
+    would become ``long``, and the server would then reject a missing value (null) or 2.5
+    there, although the preprocessor imputes and scales any number.
+    """
+    schema = getattr(preprocessor, "input_schema", None)
+    if not schema or not isinstance(example, pd.DataFrame):
+        return example
+    example = example.copy()
+    for column, kind in schema.items():
+        if kind == "double" and column in example.columns:
+            example[column] = pd.to_numeric(example[column], errors="coerce").astype(np.float64)
+    return example
+
+
 @functools.lru_cache(maxsize=1)
 def pip_requirements() -> tuple[str, ...]:
     """Computed once per process: letting MLflow infer them costs ~3 s per logged model."""
@@ -124,7 +141,7 @@ def log_model(network, model_cfg: dict, dataset, output_example: Any | None = No
         "task": dataset.task,
         "preprocessor": dataset.preprocessor,
     }
-    example = dataset.input_example
+    example = _signature_example(dataset.input_example, dataset.preprocessor)
     model = SweepModel()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "bundle.pt"

@@ -257,15 +257,18 @@ def _log_study_settings(client, run_id: str, spec: StudySpec) -> None:
 class Objective:
     """Callable for ``study.optimize``: one trial = one tracked training run."""
 
-    def __init__(self, spec: StudySpec, parent_run_id: str):
+    def __init__(self, spec: StudySpec, parent_run_id: str, on_trial_start=None):
         self.spec = spec
         self.parent_run_id = parent_run_id
+        self.on_trial_start = on_trial_start
         self.sampler_name = str(spec.cfg.sampler.name)
 
     def __call__(self, trial) -> float | list[float]:
         import optuna
 
         trial.set_user_attr("worker", f"{platform.node()}:{os.getpid()}")
+        if self.on_trial_start is not None:
+            self.on_trial_start()  # the trial is RUNNING now: let other workers decide
         try:
             return self._run(trial)
         except optuna.TrialPruned:
@@ -404,17 +407,6 @@ class StopOnRepeatedFailure:
             study.stop()
 
 
-class StopAtFinishedCount:
-    """Stops when the study (all workers together) has ``n_trials`` COMPLETE+PRUNED trials."""
-
-    def __init__(self, n_trials: int):
-        self.n_trials = n_trials
-
-    def __call__(self, study, trial) -> None:
-        if count_finished(study) >= self.n_trials:
-            study.stop()
-
-
 def count_finished(study) -> int:
     from optuna.trial import TrialState
 
@@ -443,35 +435,39 @@ class ParentRunLogger:
 
 # -- running trials ------------------------------------------------------------------------------
 def optimize(study, spec: StudySpec, parent_run_id: str, progress=None) -> StopOnRepeatedFailure:
-    """Run trials in this process until the study is done, stopped, or timed out."""
+    """Run trials in this process until the study has ``n_trials`` finished trials (all
+    workers together), is stopped, or times out."""
     import torch
 
+    from sweep.budget import TrialBudget, make_lock
     from sweep.optuna_parts import env_threads
 
     torch.set_num_threads(env_threads(spec.n_workers))
+    budget = TrialBudget(spec.n_trials, make_lock(spec.storage_url, spec.name))
     failures = StopOnRepeatedFailure(spec.max_repeated_failures)
-    callbacks = [
-        StopAtFinishedCount(spec.n_trials),
-        failures,
-        ParentRunLogger(parent_run_id, spec.multi_objective),
-    ]
+    callbacks = [failures, ParentRunLogger(parent_run_id, spec.multi_objective)]
     if progress is not None:
         callbacks.append(progress)
-    if count_finished(study) < spec.n_trials:
-        study.optimize(
-            Objective(spec, parent_run_id),
-            timeout=spec.timeout,
-            catch=(Exception,),
-            callbacks=callbacks,
-            gc_after_trial=False,
-        )
+    callbacks.append(budget)  # last: it holds the start-a-trial lock until the next ask()
+    objective = Objective(spec, parent_run_id, on_trial_start=budget.release)
+    try:
+        if budget.claim(study):
+            study.optimize(
+                objective,
+                timeout=spec.timeout,
+                catch=(Exception,),
+                callbacks=callbacks,
+                gc_after_trial=False,
+            )
+    finally:
+        budget.release()
     return failures
 
 
 def tune(overrides: list[str], progress: bool = True) -> dict[str, Any]:
     """``sweep tune``: create or resume the study, run it, pick the champion, summarise."""
     from sweep import tracking
-    from sweep.workers import recover, run_local_workers
+    from sweep.workers import recover
 
     spec = prepare(overrides)
     tracking.setup(spec.cfg.tracking.uri)
@@ -487,8 +483,7 @@ def tune(overrides: list[str], progress: bool = True) -> dict[str, Any]:
         bar = _ProgressBar(spec, study) if progress else None
         with bar or contextlib.nullcontext():
             if spec.n_workers > 1:
-                codes = run_local_workers(study, spec, bar)
-                _raise_if_workers_failed(study, spec, codes)
+                _run_worker_rounds(study, spec, bar)
             else:
                 failures = optimize(study, spec, parent_run_id, bar)
                 if failures.message:
@@ -505,16 +500,25 @@ def tune(overrides: list[str], progress: bool = True) -> dict[str, Any]:
         MlflowClient().set_terminated(parent_run_id, status=status)
 
 
-def _raise_if_workers_failed(study, spec: StudySpec, codes: list[int]) -> None:
-    if all(code == 0 for code in codes):
-        return
-    failed = [t for t in study.get_trials(deepcopy=False) if t.state.name == "FAIL"]
-    if failed and count_finished(study) < spec.n_trials:
-        reason = failed[-1].user_attrs.get("error", "unknown error")
-        raise StudyAborted(
-            f"study '{spec.name}' stopped: workers exited with {codes}; last failure: {reason}"
-        )
-    raise StudyAborted(f"study '{spec.name}': workers exited with {codes}")
+def _run_worker_rounds(study, spec: StudySpec, bar) -> None:
+    """Run local workers until the study is done. Another round is needed only when a
+    dead worker's trial was re-enqueued after the others had already stopped."""
+    from sweep.workers import run_local_workers
+
+    for _ in range(3):
+        codes = run_local_workers(study, spec, bar)
+        if count_finished(study) >= spec.n_trials:
+            return
+        if any(code in (130, -2, -15) for code in codes):
+            raise KeyboardInterrupt(f"workers exited with {codes}")
+        if any(code != 0 for code in codes):
+            failed = [t for t in study.get_trials(deepcopy=False) if t.state.name == "FAIL"]
+            reason = failed[-1].user_attrs.get("error", "unknown") if failed else "unknown"
+            raise StudyAborted(
+                f"study '{spec.name}' stopped: workers exited with {codes}; last failure: {reason}"
+            )
+        if spec.timeout is not None:
+            return  # the time budget is spent
 
 
 def finish(study, spec: StudySpec, parent_run_id: str) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from sweep.errors import ConfigError
 HEAVY = ("torch", "mlflow", "lightning", "pytorch_lightning")
 
 
-# -- accepted ---------------------------------------------------------------------------
+# -- accepted ------------------------------------------------------------------------------
 def test_defaults_compose_and_validate():
     cfg = load_run_config([])
     assert cfg.data.name == "mnist1d"
@@ -44,7 +44,9 @@ def test_defaults_compose_and_validate():
 
 
 def test_issue_example_cnn_sgd():
-    cfg = load_run_config(["model=cnn", "optimizer=sgd", "optimizer.lr=0.05", "data.batch_size=128"])
+    cfg = load_run_config(
+        ["model=cnn", "optimizer=sgd", "optimizer.lr=0.05", "data.batch_size=128"]
+    )
     assert cfg.model.name == "cnn"
     assert cfg.optimizer.name == "sgd"
     assert cfg.optimizer.lr == 0.05
@@ -87,7 +89,7 @@ def test_flatten_and_overrides_helpers():
     ]
 
 
-# -- rejected -----------------------------------------------------------------------------
+# -- rejected ------------------------------------------------------------------------------
 def reject(overrides: list[str]) -> str:
     with pytest.raises(ConfigError) as info:
         load_run_config(overrides)
@@ -158,7 +160,7 @@ def test_unparsable_override_is_one_line():
     assert "optimizer.lr" in message
 
 
-# -- the CLI --------------------------------------------------------------------------------
+# -- the CLI -------------------------------------------------------------------------------
 def test_cli_config_error_is_one_line_and_leaves_no_run(cli, tmp_path):
     proc = cli("train", "optimizer.lr=-1")
     assert proc.returncode == 2, proc.stderr

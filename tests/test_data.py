@@ -25,7 +25,7 @@ def class_shares(y: np.ndarray, classes: np.ndarray) -> np.ndarray:
     return np.array([(y == c).mean() for c in classes])
 
 
-# -- sources and split sizes -----------------------------------------------------------------
+# -- sources and split sizes ---------------------------------------------------------------
 def test_digits_split_sizes_and_shapes():
     ds = load_dataset(data_cfg("data=digits"))
     n = 1797
@@ -69,7 +69,7 @@ def test_mnist1d_small_split_sizes():
     assert ds.num_outputs == 10
 
 
-# -- stratification and seeds -----------------------------------------------------------------
+# -- stratification and seeds --------------------------------------------------------------
 @pytest.mark.parametrize(
     "overrides",
     [("data=digits",), ("data=synthetic",), ("data=mnist1d", "data.num_samples=600")],
@@ -115,13 +115,13 @@ def test_split_indices_partition_and_seed():
     assert not np.array_equal(te, other[2])
 
 
-# -- preprocessing fitted on train only ---------------------------------------------------------
+# -- preprocessing fitted on train only ----------------------------------------------------
 def test_digits_preprocessor_uses_train_statistics_only():
     cfg = data_cfg("data=digits")
     ds = load_dataset(cfg)
     bunch = load_digits()
     raw = bunch.images.astype(np.float64)
-    tr, va, te = split_indices(
+    tr, _va, te = split_indices(
         len(raw), cfg.val_fraction, cfg.test_fraction, cfg.split_seed, stratify=bunch.target
     )
     pre = ds.preprocessor

@@ -27,12 +27,13 @@ def options(group: str) -> list[str]:
     return sorted(p.stem for p in (ROOT / "conf" / group).glob("*.yaml"))
 
 
-# -- networks --------------------------------------------------------------------------------
+# -- networks ------------------------------------------------------------------------------
 @pytest.mark.parametrize("input_shape", [(40,), (8, 8), (12,)])
 @pytest.mark.parametrize("num_outputs", [1, 10])
 def test_mlp_forward_shape(input_shape, num_outputs):
-    net = MLP(input_shape, num_outputs, depth=2, width=16, activation="gelu", dropout=0.1,
-              batch_norm=True)  # fmt: skip
+    net = MLP(
+        input_shape, num_outputs, depth=2, width=16, activation="gelu", dropout=0.1, batch_norm=True
+    )
     out = net(torch.randn(5, *input_shape))
     assert out.shape == (5, num_outputs)
 
@@ -70,7 +71,7 @@ def test_build_network_unknown_name():
         build_network({"name": "resnet"}, (8,), 2)
 
 
-# -- metrics ---------------------------------------------------------------------------------
+# -- metrics -------------------------------------------------------------------------------
 def logits_for(pred: list[int], num_classes: int) -> torch.Tensor:
     return F.one_hot(torch.tensor(pred), num_classes).float() * 5.0
 
@@ -115,7 +116,7 @@ def test_default_monitor():
     assert default_monitor("regression") == ("val/loss", "min")
 
 
-# -- optimisers and schedulers -----------------------------------------------------------------
+# -- optimisers and schedulers -------------------------------------------------------------
 EXPECTED_OPTIMIZERS = {
     "adam": torch.optim.Adam,
     "adamw": torch.optim.AdamW,

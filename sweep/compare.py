@@ -1,0 +1,606 @@
+"""Compare experiments and studies as pandas DataFrames.
+
+Everything is read through MLflow's public search API (``MlflowClient.search_runs``,
+paged; ``get_metric_history``), never from the store's tables, so the same code works
+on the local sqlite store and on a tracking server.
+
+- :func:`runs`: one row per run, params typed (numbers as numbers, bools as bools),
+  every final metric (the latest value of each key).
+- :func:`history`: per-epoch curves in long form (run_id, epoch, metric, value).
+- :func:`summary`: one row per experiment/study: trials by state, best validation
+  score, the champion's validation/test mean ± sd, total compute time.
+
+``sweep compare experiments=[a,b] studies=[...] states=[COMPLETE,PRUNED]`` prints the
+summary and runs tables (:func:`compare_command`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+from sweep.errors import ConfigError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+#: Runs per ``search_runs`` page. MLflow accepts up to 50,000 (SEARCH_MAX_RESULTS_THRESHOLD),
+#: but the sqlite store then loads a page's inputs/outputs with one ``IN (...)`` list per
+#: page; 10,000 keeps that list well under SQLite's bound-variable limit (32,766) and
+#: costs one extra round trip per 10,000 runs, which is nothing next to the load itself.
+PAGE_SIZE = 10_000
+
+#: Columns every row has, before the params and metrics.
+BASE_COLUMNS = (
+    "experiment",
+    "study",
+    "trial",
+    "state",
+    "role",
+    "run_id",
+    "run_name",
+    "parent_run_id",
+    "start",
+    "duration_s",
+    "monitor",
+    "mode",
+    "pruned_epoch",
+    "error",
+)
+
+#: Metrics logged once per run (summaries), not per epoch: left out of history() by default.
+SUMMARY_PREFIXES = ("best/", "test/", "champion/", "trials/")
+SUMMARY_KEYS = frozenset({"time/fit", "best_value", "pareto_size"})
+
+#: Trial states a sweep run can carry in its ``trial.state`` tag (plain runs: run status).
+TRIAL_STATES = ("COMPLETE", "PRUNED", "FAIL", "CHAMPION_RERUN")
+
+_INT_RE = r"[+-]?\d+"
+
+
+# -- connection and experiment lookup -----------------------------------------------------
+def _client(tracking_uri: str | None):
+    """A client on ``tracking_uri``, else MLFLOW_TRACKING_URI, else MLflow's default."""
+    from mlflow.tracking import MlflowClient
+
+    from sweep.tracking import setup
+
+    # setup() also quiets the sqlite store's schema-migration chatter.
+    return MlflowClient(tracking_uri=setup(tracking_uri))
+
+
+def _as_list(value: str | Iterable[str] | None) -> list[str] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return [value]
+    return [str(v) for v in value]
+
+
+def _experiments(client, names: Sequence[str] | None) -> dict[str, str]:
+    """experiment id -> name, for ``names`` (names or ids) or every active experiment."""
+    from mlflow.entities import ViewType
+
+    if names is None:
+        found: dict[str, str] = {}
+        token = None
+        while True:
+            page = client.search_experiments(
+                view_type=ViewType.ACTIVE_ONLY, max_results=1000, page_token=token
+            )
+            found.update({e.experiment_id: e.name for e in page})
+            token = page.token
+            if not token:
+                return found
+    found = {}
+    for name in names:
+        exp = client.get_experiment_by_name(name)
+        if exp is None and name.isdigit():
+            try:
+                exp = client.get_experiment(name)
+            except Exception:
+                exp = None
+        if exp is None:
+            known = ", ".join(sorted(_experiments(client, None).values())) or "none"
+            raise ConfigError(f"experiments: no experiment named {name!r}; known: {known}")
+        found[exp.experiment_id] = exp.name
+    return found
+
+
+def _search(client, experiment_ids: list[str], filter_string: str) -> list:
+    """Every active run of the experiments that matches the filter, page by page."""
+    from mlflow.entities import ViewType
+
+    if not experiment_ids:
+        return []
+    found: list = []
+    token = None
+    while True:
+        page = client.search_runs(
+            experiment_ids,
+            filter_string=filter_string,
+            run_view_type=ViewType.ACTIVE_ONLY,
+            max_results=PAGE_SIZE,
+            page_token=token,
+        )
+        found.extend(page)
+        token = page.token
+        if not token:
+            return found
+
+
+def _and(*clauses: str | None) -> str:
+    return " and ".join(f"{c}" for c in clauses if c)
+
+
+def _quote(value: str) -> str:
+    return "'" + value.replace("'", "\\'") + "'"
+
+
+# -- typing MLflow's string params ---------------------------------------------------------
+def typed(values: pd.Series) -> pd.Series:
+    """A column of MLflow param strings as numbers / bools where every value is one.
+
+    ``"None"`` (how ``str(None)`` is logged) becomes missing. A column that mixes numbers
+    and words stays text: guessing per cell would make the column unusable for sorting.
+    """
+    import pandas as pd
+
+    s = values.astype(object).where(values.notna() & (values.astype(object) != "None"), None)
+    present = s.dropna()
+    if present.empty:
+        return s
+    text = present.astype(str)
+    lowered = text.str.lower()
+    if lowered.isin(("true", "false")).all():
+        flags = s.map(lambda v: None if v is None else str(v).lower() == "true")
+        return flags.astype("boolean" if len(present) < len(s) else bool)
+    numbers = pd.to_numeric(text, errors="coerce")
+    if numbers.notna().all():
+        if text.str.fullmatch(_INT_RE).all():
+            ints = pd.to_numeric(s, errors="coerce")
+            return ints.astype("Int64" if len(present) < len(s) else "int64")
+        return pd.to_numeric(s, errors="coerce").astype(float)
+    return s
+
+
+def _int_or_none(value: str | None) -> int | None:
+    if value is None or not re.fullmatch(_INT_RE, value.strip()):
+        return None
+    return int(value)
+
+
+# -- runs ------------------------------------------------------------------------------------
+def runs(
+    experiments: str | Iterable[str] | None = None,
+    studies: str | Iterable[str] | None = None,
+    states: str | Iterable[str] | None = None,
+    filter: str | None = None,
+    tracking_uri: str | None = None,
+    include_parents: bool = False,
+    tags: Iterable[str] = (),
+) -> pd.DataFrame:
+    """One row per MLflow run: identity, state, timing, typed params, final metrics.
+
+    Args:
+        experiments: experiment names (or ids); None = every active experiment.
+        studies: study names (tag ``study.name``); plain ``sweep train`` runs have none,
+            so giving studies leaves them out.
+        states: keep these states only: COMPLETE, PRUNED, FAIL, CHAMPION_RERUN (the
+            ``trial.state`` tag) or, for runs without one, the run status (FINISHED,
+            FAILED, KILLED, RUNNING).
+        filter: an MLflow search filter, e.g. ``"params.model.name = 'cnn'"``.
+        tracking_uri: the store; default MLFLOW_TRACKING_URI, else MLflow's default.
+        include_parents: also return the studies' parent runs (role ``study``); they hold
+            study settings, not a training run, so they are left out by default.
+        tags: extra tag keys to return as columns named ``tag.<key>``.
+
+    Columns: experiment, study, trial (the trial number; the source trial for champion
+    re-runs), state, role, run_id, run_name, parent_run_id, start (UTC timestamp),
+    duration_s, monitor, mode, pruned_epoch, error, then one column per param (config
+    key such as ``model.width``, typed) and per metric (``val/acc``, ``best/acc``,
+    ``test/acc``, ``time/fit``, ...: the latest value logged).
+    """
+    import pandas as pd
+
+    client = _client(tracking_uri)
+    names = _experiments(client, _as_list(experiments))
+    study_list = _as_list(studies)
+    if study_list is None:
+        found = _search(client, list(names), filter or "")
+    else:
+        # Tag filters take no IN (...) in MLflow's search grammar: one search per study.
+        found = []
+        for study in dict.fromkeys(study_list):
+            clause = f"tags.`study.name` = {_quote(study)}"
+            found.extend(_search(client, list(names), _and(filter, clause)))
+    wanted = {s.upper() for s in _as_list(states) or []}
+    extra_tags = list(dict.fromkeys(_as_list(tags) or []))
+    rows, params, metrics = [], [], []
+    for run in found:
+        row = _row(run, names)
+        if row["role"] == "study" and not include_parents:
+            continue
+        if wanted and row["state"] not in wanted:
+            continue
+        row.update({f"tag.{k}": run.data.tags.get(k) for k in extra_tags})
+        rows.append(row)
+        params.append(run.data.params)
+        metrics.append(run.data.metrics)
+    return _frame(rows, params, metrics, [f"tag.{k}" for k in extra_tags], pd)
+
+
+def _row(run, names: dict[str, str]) -> dict[str, Any]:
+    import pandas as pd
+
+    info, tags = run.info, run.data.tags
+    role = tags.get("sweep.role")
+    trial = tags.get("trial.number") or tags.get("champion.source_trial")
+    state = tags.get("trial.state") or info.status
+    if role == "study":
+        state = info.status
+    end = info.end_time
+    return {
+        "experiment": names.get(info.experiment_id, info.experiment_id),
+        "study": tags.get("study.name"),
+        "trial": _int_or_none(trial),
+        "state": state,
+        "role": role or "run",
+        "run_id": info.run_id,
+        "run_name": info.run_name,
+        "parent_run_id": tags.get("mlflow.parentRunId"),
+        "start": pd.Timestamp(info.start_time, unit="ms", tz="UTC") if info.start_time else None,
+        "duration_s": (end - info.start_time) / 1000 if end and info.start_time else None,
+        "monitor": tags.get("monitor"),
+        "mode": tags.get("mode"),
+        "pruned_epoch": _int_or_none(tags.get("trial.pruned_epoch")),
+        "error": tags.get("trial.error") or tags.get("error"),
+    }
+
+
+def _frame(
+    rows: list[dict], params: list[dict], metrics: list[dict], tag_columns: list[str], pd
+) -> pd.DataFrame:
+    base = pd.DataFrame.from_records(rows, columns=[*BASE_COLUMNS, *tag_columns])
+    base["trial"] = base["trial"].astype("Int64")
+    base["pruned_epoch"] = base["pruned_epoch"].astype("Int64")
+    base["duration_s"] = base["duration_s"].astype(float)
+    base["start"] = pd.to_datetime(base["start"], utc=True)
+    # One frame per kind, built column-wise by pandas from the dicts: far faster than
+    # growing rows, and a key missing from a run is simply missing (NaN / NA).
+    param_frame = pd.DataFrame.from_records(params) if params else pd.DataFrame()
+    metric_frame = pd.DataFrame.from_records(metrics) if metrics else pd.DataFrame()
+    param_frame = param_frame.reindex(columns=sorted(param_frame.columns))
+    metric_frame = metric_frame.reindex(columns=sorted(metric_frame.columns, key=_metric_order))
+    typed_params = {col: typed(param_frame[col]) for col in param_frame.columns}
+    taken = {*BASE_COLUMNS, *tag_columns}
+    columns: dict[str, pd.Series] = {}
+    for col, values in typed_params.items():
+        name = col if col not in taken else f"params.{col}"
+        columns[name] = values
+        taken.add(name)
+    for col in metric_frame.columns:
+        name = col if col not in taken else f"metrics.{col}"
+        columns[name] = metric_frame[col].astype(float)
+        taken.add(name)
+    extra = pd.DataFrame(columns, index=base.index) if columns else None
+    frame = base if extra is None else pd.concat([base, extra], axis=1)
+    return frame.sort_values(
+        ["experiment", "study", "role", "trial", "start"], na_position="last", kind="stable"
+    ).reset_index(drop=True)
+
+
+def _metric_order(key: str) -> tuple[int, str]:
+    # val/ and best/ first (what selection reads), test/ after, the rest last.
+    for rank, prefix in enumerate(("val/", "best/", "test/", "train/")):
+        if key.startswith(prefix):
+            return rank, key
+    return 9, key
+
+
+def param_columns(frame: pd.DataFrame) -> list[str]:
+    """The param columns of a :func:`runs` frame (config keys: contain a dot, no slash)."""
+    return [
+        c
+        for c in frame.columns
+        if c not in BASE_COLUMNS and "/" not in c and not c.startswith("tag.")
+    ]
+
+
+def metric_columns(frame: pd.DataFrame) -> list[str]:
+    """The metric columns of a :func:`runs` frame (``val/acc``, ``test/f1``, ...)."""
+    return [
+        c for c in frame.columns if c not in BASE_COLUMNS and "/" in c and not c.startswith("tag.")
+    ]
+
+
+def varying_params(frame: pd.DataFrame) -> list[str]:
+    """Param columns whose value differs between the rows: what the runs compare."""
+    out = []
+    for col in param_columns(frame):
+        values = frame[col].dropna()
+        if values.astype(str).nunique() > 1 or (0 < len(values) < len(frame)):
+            out.append(col)
+    return out
+
+
+# -- history ---------------------------------------------------------------------------------
+def history(
+    run_ids: str | Iterable[str],
+    metrics: str | Iterable[str] | None = None,
+    tracking_uri: str | None = None,
+    max_workers: int = 8,
+) -> pd.DataFrame:
+    """Per-epoch curves of the runs, long form: run_id, epoch, metric, value.
+
+    ``metrics`` None = every metric a run logged per epoch (train/*, val/*, lr,
+    time/epoch, ...), i.e. all but the one-off summaries (best/*, test/*, time/fit).
+    MLflow's client has no bulk history call, so histories are fetched concurrently
+    (one ``get_metric_history`` per run and metric): over HTTP this hides the latency.
+    """
+    import pandas as pd
+
+    client = _client(tracking_uri)
+    ids = list(dict.fromkeys(_as_list(run_ids) or []))
+    wanted = _as_list(metrics)
+
+    def keys_of(run_id: str) -> list[tuple[str, str]]:
+        if wanted is not None:
+            return [(run_id, m) for m in wanted]
+        logged = client.get_run(run_id).data.metrics
+        return [(run_id, m) for m in sorted(logged) if is_epoch_metric(m)]
+
+    def fetch(pair: tuple[str, str]) -> list[tuple[str, int, str, float]]:
+        run_id, key = pair
+        return [(run_id, m.step, key, m.value) for m in client.get_metric_history(run_id, key)]
+
+    columns = ["run_id", "epoch", "metric", "value"]
+    if not ids:
+        return pd.DataFrame(columns=columns)
+    workers = max(1, min(max_workers, len(ids)))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pairs = [p for found in pool.map(keys_of, ids) for p in found]
+        points = [p for found in pool.map(fetch, pairs) for p in found]
+    frame = pd.DataFrame(points, columns=columns)
+    frame["epoch"] = frame["epoch"].astype("int64")
+    frame["value"] = frame["value"].astype(float)
+    return frame.sort_values(["run_id", "metric", "epoch"], kind="stable").reset_index(drop=True)
+
+
+def is_epoch_metric(key: str) -> bool:
+    """True for metrics logged per epoch; False for one-off summaries (best/*, test/*)."""
+    return not key.startswith(SUMMARY_PREFIXES) and key not in SUMMARY_KEYS
+
+
+# -- summary ---------------------------------------------------------------------------------
+#: Parent-run tags summary() reads (written by sweep.champion).
+CHAMPION_TAGS = ("champion.trial", "champion.model_uri", "champion.version")
+
+SUMMARY_COLUMNS = (
+    "experiment",
+    "study",
+    "runs",
+    *[s.lower() for s in TRIAL_STATES],
+    "other",
+    "monitor",
+    "best_val",
+    "best_trial",
+    "champion_trial",
+    "champion_val_mean",
+    "champion_val_sd",
+    "champion_test_mean",
+    "champion_test_sd",
+    "champion_model",
+    "compute_s",
+    "parent_run_id",
+)
+
+
+def summary(
+    experiments: str | Iterable[str] | None = None,
+    studies: str | Iterable[str] | None = None,
+    tracking_uri: str | None = None,
+    frame: pd.DataFrame | None = None,
+) -> pd.DataFrame:
+    """One row per experiment and study: counts by state, best validation score, champion.
+
+    ``best_val`` is the best monitored validation score (``best/<metric>`` of COMPLETE
+    trials, or of finished plain runs), by the monitor's direction; the champion columns
+    come from the study's parent run (metrics ``champion/*``, tags ``champion.*``);
+    ``compute_s`` is the wall time of every training run (trials, re-runs, plain runs).
+    ``frame`` reuses a :func:`runs` frame made with ``include_parents=True`` and
+    ``tags=CHAMPION_TAGS``.
+    """
+    import pandas as pd
+
+    if frame is None:
+        frame = runs(
+            experiments,
+            studies,
+            tracking_uri=tracking_uri,
+            include_parents=True,
+            tags=CHAMPION_TAGS,
+        )
+    out = []
+    keys = frame[["experiment", "study"]].astype(object).drop_duplicates()
+    for experiment, study in keys.itertuples(index=False):
+        group = frame[
+            (frame["experiment"] == experiment)
+            & (frame["study"].isna() if study is None else frame["study"] == study)
+        ]
+        out.append(_summarise(experiment, study, group))
+    return pd.DataFrame(out, columns=list(SUMMARY_COLUMNS))
+
+
+def _summarise(experiment: str, study: str | None, group: pd.DataFrame) -> dict[str, Any]:
+    parents = group[group["role"] == "study"]
+    work = group[group["role"] != "study"]
+    counts = work["state"].value_counts().to_dict()
+    row: dict[str, Any] = {
+        "experiment": experiment,
+        "study": study,
+        "runs": len(work),
+        **{s.lower(): int(counts.pop(s, 0)) for s in TRIAL_STATES},
+        "other": ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "",
+        "compute_s": float(work["duration_s"].sum(skipna=True)),
+    }
+    monitors = work["monitor"].dropna()
+    monitor = monitors.mode().iloc[0] if len(monitors) else None
+    row["monitor"] = monitor
+    modes = work.loc[work["monitor"] == monitor, "mode"].dropna()
+    minimize = (modes.mode().iloc[0] == "min") if len(modes) else monitor in ("val/loss", "val/mae")
+    scored = work[work["state"].isin(("COMPLETE", "FINISHED")) & (work["role"] != "champion_rerun")]
+    column = f"best/{monitor.split('/', 1)[1]}" if monitor else None
+    if column and column in scored and scored[column].notna().any():
+        values = scored[column].astype(float)
+        best_index = values.idxmin() if minimize else values.idxmax()
+        row["best_val"] = float(values[best_index])
+        trial = scored.loc[best_index, "trial"]
+        row["best_trial"] = None if _isna(trial) else int(trial)
+    if len(parents):
+        parent = parents.sort_values("start").iloc[-1]
+        row["parent_run_id"] = parent["run_id"]
+        for key in ("val_mean", "val_sd", "test_mean", "test_sd"):
+            value = parent.get(f"champion/{key}")
+            row[f"champion_{key}"] = None if _isna(value) else float(value)
+        row["champion_trial"] = _int_or_none(_text(parent.get("tag.champion.trial")))
+        model = _text(parent.get("tag.champion.model_uri"))
+        version = _text(parent.get("tag.champion.version"))
+        row["champion_model"] = f"{model} (v{version})" if model and version else model
+    return row
+
+
+def _isna(value: Any) -> bool:
+    # None, NaN, NA and NaT alike.
+    import pandas as pd
+
+    return value is None or bool(pd.isna(value))
+
+
+def _text(value: Any) -> str | None:
+    return None if _isna(value) else str(value)
+
+
+# -- CLI ---------------------------------------------------------------------------------------
+COMMAND_KEYS = ("experiments", "studies", "states", "filter", "tracking.uri", "limit")
+
+
+def parse_command_args(args: Sequence[str]) -> dict[str, Any]:
+    """``key=value`` arguments of ``sweep compare``; lists as ``[a,b]`` or ``a,b``."""
+    out: dict[str, Any] = {}
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        key = key.lstrip("+")
+        if not sep or key not in COMMAND_KEYS:
+            raise ConfigError(
+                f"sweep compare: cannot use {arg!r}; give key=value with key one of: "
+                f"{', '.join(COMMAND_KEYS)}"
+            )
+        value = value.strip()
+        if key in ("experiments", "studies", "states"):
+            items = value.removeprefix("[").removesuffix("]").split(",")
+            out[key] = [i.strip().strip("'\"") for i in items if i.strip().strip("'\"")]
+        elif key == "limit":
+            if not value.isdigit():
+                raise ConfigError(f"limit={value!r}: must be a whole number")
+            out[key] = int(value)
+        else:
+            out[key.replace(".", "_")] = value.strip("'\"") or None
+    for state in out.get("states", []):
+        if state.upper() not in (*TRIAL_STATES, "FINISHED", "FAILED", "KILLED", "RUNNING"):
+            raise ConfigError(
+                f"states: unknown state {state!r}; choose from: "
+                f"{', '.join(TRIAL_STATES)}, FINISHED, FAILED, KILLED, RUNNING"
+            )
+    return out
+
+
+def compare_command(args: list[str]) -> int:
+    """``sweep compare experiments=[a,b] studies=[...] states=[...] filter=... limit=50``:
+    print the summary table (one row per experiment/study) and the runs table."""
+    from rich.console import Console
+
+    options = parse_command_args(args)
+    limit = options.pop("limit", 50)
+    states = options.pop("states", None)
+    frame = runs(
+        options.get("experiments"),
+        options.get("studies"),
+        filter=options.get("filter"),
+        tracking_uri=options.get("tracking_uri"),
+        include_parents=True,
+        tags=CHAMPION_TAGS,
+    )
+    console = Console()
+    if frame.empty:
+        console.print("no runs found")
+        return 0
+    console.print(_summary_table(summary(frame=frame)))
+    work = frame[frame["role"] != "study"]
+    if states:
+        work = work[work["state"].isin([s.upper() for s in states])]
+    console.print(_runs_table(work, limit))
+    return 0
+
+
+def _summary_table(table: pd.DataFrame):
+    from rich.table import Table
+
+    view = Table(title="experiments", show_lines=False)
+    columns = ["experiment", "study", "runs", "complete", "pruned", "fail", "other"]
+    for name in [*columns, "best val", "champion val", "champion test", "model", "compute"]:
+        view.add_column(name, justify="right" if name not in ("experiment", "study") else "left")
+    for _, r in table.iterrows():
+        best = "" if _isna(r["best_val"]) else f"{r['monitor']} {r['best_val']:.4f}"
+        if not _isna(r["best_trial"]):
+            best += f" (trial {int(r['best_trial'])})"
+        view.add_row(
+            *[_cell(r[c]) for c in columns],
+            best,
+            _mean_sd(r["champion_val_mean"], r["champion_val_sd"]),
+            _mean_sd(r["champion_test_mean"], r["champion_test_sd"]),
+            _cell(r["champion_model"]),
+            f"{r['compute_s']:.1f} s",
+        )
+    return view
+
+
+def _runs_table(frame: pd.DataFrame, limit: int):
+    from rich.table import Table
+
+    shown = frame.head(limit)
+    title = f"runs ({len(shown)} of {len(frame)})" if len(frame) > limit else "runs"
+    view = Table(title=title)
+    metric_cols = [
+        c for c in metric_columns(shown) if c.startswith(("best/", "test/")) and c != "best/epoch"
+    ]
+    columns = [
+        "experiment",
+        "trial",
+        "state",
+        "run_name",
+        *varying_params(shown),
+        *metric_cols,
+        "duration_s",
+    ]
+    for name in columns:
+        view.add_column(name)
+    for _, r in shown.iterrows():
+        view.add_row(*[_cell(r[c]) for c in columns])
+    return view
+
+
+def _mean_sd(mean: Any, sd: Any) -> str:
+    if _isna(mean):
+        return ""
+    return f"{mean:.4f} ± {0.0 if _isna(sd) else sd:.4f}"
+
+
+def _cell(value: Any) -> str:
+    if _isna(value):
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
