@@ -28,6 +28,20 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "compare a study in Optuna with its runs in MLflow: sweep check study.name=...",
         "sweep.check:check_command",
     ),
+    "serve": (
+        "serve a model over HTTP (MLflow scoring server): "
+        "sweep serve [model=URI] [port=5001] [host=127.0.0.1]",
+        "sweep.deploy:serve_command",
+    ),
+    "predict": (
+        "predict a CSV/Parquet file: sweep predict model=URI input=FILE output=FILE "
+        "[chunk_size=N] [proba=true]",
+        "sweep.deploy:predict_command",
+    ),
+    "rerun": (
+        "re-train exactly what a logged run trained: sweep rerun RUN_ID [hydra overrides]",
+        "sweep.rerun:rerun_command",
+    ),
 }
 
 

@@ -84,15 +84,22 @@ def build_sampler(cfg: Any, params: list[Param], seed: int, n_workers: int, n_ob
 
 
 def build_pruner(cfg: Any, max_epochs: int, n_objectives: int):
-    """The pruner named by ``cfg.name`` (none for multi-objective studies: Optuna cannot
-    prune those)."""
+    """The pruner named by ``cfg.name``; none for multi-objective studies, which Optuna
+    cannot prune (the config is still validated)."""
+    import optuna
+
+    pruner = _build_pruner(cfg, max_epochs)
+    return optuna.pruners.NopPruner() if n_objectives > 1 else pruner
+
+
+def _build_pruner(cfg: Any, max_epochs: int):
     import optuna
 
     p = optuna.pruners
     name = cfg.name
     if name not in PRUNERS:
         raise ConfigError(f"pruner={name}: unknown pruner; choose from: {', '.join(PRUNERS)}")
-    if n_objectives > 1 or name == "none":
+    if name == "none":
         _options(cfg, "pruner", {})
         return p.NopPruner()
     warm = {"n_startup_trials": int, "n_warmup_steps": int}

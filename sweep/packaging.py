@@ -100,21 +100,29 @@ def _as_input(model_input: Any, preprocessor: Any) -> Any:
     return np.asarray(model_input, dtype=np.float32)
 
 
-def _signature_example(example: Any, preprocessor: Any) -> Any:
-    """The input example with numeric table columns as float64.
+def _numbers_as_any(signature: Any, preprocessor: Any) -> Any:
+    """The signature with numeric table columns typed ``any``: the preprocessor checks them.
 
-    The signature is inferred from it, and the model server enforces it: an int64 column
-    would become ``long``, and the server would then reject a missing value (null) or 2.5
-    there, although the preprocessor imputes and scales any number.
+    MLflow enforces the signature before ``predict``. A ``long`` column (an int column in
+    the example) makes the model server reject null and silently truncate 2.5 to 2; a
+    ``double`` one makes a local ``predict`` reject a pandas int64 column. The preprocessor
+    imputes missing values, parses numbers and numeric strings, and names the column of a
+    bad value (a clean 400 from the server). Column names stay required.
     """
-    schema = getattr(preprocessor, "input_schema", None)
-    if not schema or not isinstance(example, pd.DataFrame):
-        return example
-    example = example.copy()
-    for column, kind in schema.items():
-        if kind == "double" and column in example.columns:
-            example[column] = pd.to_numeric(example[column], errors="coerce").astype(np.float64)
-    return example
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import AnyType, ColSpec, Schema
+
+    kinds = getattr(preprocessor, "input_schema", None)
+    inputs = signature.inputs
+    if not kinds or inputs is None or inputs.is_tensor_spec():
+        return signature
+    columns = [
+        ColSpec(AnyType(), col.name, required=col.required)
+        if kinds.get(col.name) == "double"
+        else col
+        for col in inputs.inputs
+    ]
+    return ModelSignature(Schema(columns), signature.outputs, signature.params)
 
 
 @functools.lru_cache(maxsize=1)
@@ -141,7 +149,7 @@ def log_model(network, model_cfg: dict, dataset, output_example: Any | None = No
         "task": dataset.task,
         "preprocessor": dataset.preprocessor,
     }
-    example = _signature_example(dataset.input_example, dataset.preprocessor)
+    example = dataset.input_example
     model = SweepModel()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "bundle.pt"
@@ -149,6 +157,7 @@ def log_model(network, model_cfg: dict, dataset, output_example: Any | None = No
         model.load_context(type("Ctx", (), {"artifacts": {BUNDLE: str(path)}})())
         output = model.predict(None, example)
         signature = infer_signature(example, output, params={"proba": False})
+        signature = _numbers_as_any(signature, dataset.preprocessor)
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=SweepModel(),  # a fresh one: loaded weights live in the bundle

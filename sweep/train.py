@@ -8,6 +8,7 @@ evaluation -> everything recorded in MLflow.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
@@ -181,14 +182,8 @@ def _train_in_run(cfg: DictConfig, recorder, callbacks: list) -> RunResult:
         )
     trainer = build_trainer(cfg, all_callbacks)
     started = time.perf_counter()
-    try:
+    with interrupts_kept():
         trainer.fit(task, datamodule=datamodule)
-    except SystemExit as exc:
-        # Lightning turns Ctrl-C / SIGTERM inside fit into sys.exit(1); hand the interrupt
-        # back so callers (the CLI, a study worker) see an interruption, not an exit.
-        if isinstance(exc.__context__, KeyboardInterrupt):
-            raise exc.__context__ from None
-        raise
     fit_seconds = time.perf_counter() - started
     if best.state_dict is None:
         raise RuntimeError("no validation epoch completed")
@@ -205,7 +200,8 @@ def _train_in_run(cfg: DictConfig, recorder, callbacks: list) -> RunResult:
     model_uri = None
     if pruned_epoch is None:
         # One evaluation on the held-out test split, with the best validation weights.
-        trainer.test(task, datamodule=datamodule, verbose=False)
+        with interrupts_kept():
+            trainer.test(task, datamodule=datamodule, verbose=False)
         test = dict(task.test_metrics)
         if cfg.tracking.log_model:
             from sweep.packaging import log_model
@@ -240,6 +236,18 @@ def _train_in_run(cfg: DictConfig, recorder, callbacks: list) -> RunResult:
         }
     )
     return result
+
+
+@contextlib.contextmanager
+def interrupts_kept():
+    """Lightning turns Ctrl-C / SIGTERM inside fit or test into ``sys.exit(1)``; hand the
+    KeyboardInterrupt back so callers (the CLI, a study worker) see an interruption."""
+    try:
+        yield
+    except SystemExit as exc:
+        if isinstance(exc.__context__, KeyboardInterrupt):
+            raise exc.__context__ from None
+        raise
 
 
 def build_trainer(cfg: DictConfig, callbacks: list):

@@ -1,0 +1,351 @@
+"""End-to-end studies: real tiny sweeps, then read Optuna's storage and MLflow's store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+# Tiny: 600 synthetic rows, 3 epochs, a two-parameter space. A trial takes ~0.3 s.
+BASE = ["data=synthetic", "search=tiny", "trainer.max_epochs=3", "study.seed=1"]
+QUICK = [*BASE, "champion.k=0", "tracking.log_model=false"]
+
+
+def _tune(overrides: list[str]):
+    from sweep.study import tune
+
+    return tune(overrides, progress=False)
+
+
+def _study(name: str, overrides: list[str] | None = None):
+    from sweep.check import load_study
+
+    study, _ = load_study([f"study.name={name}", *(overrides or [])])
+    return study
+
+
+def _runs(experiment: str, role: str | None = "trial"):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    filter_string = f"tags.`sweep.role` = '{role}'" if role else ""
+    return client.search_runs([exp.experiment_id], filter_string=filter_string, max_results=1000)
+
+
+def _custom_search(tmp_path: Path, name: str, text: str) -> str:
+    """A search space in the user's own config folder, found through hydra.searchpath."""
+    folder = tmp_path / "myconf" / "search"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.yaml").write_text(text)
+    return f"hydra.searchpath=[file://{tmp_path / 'myconf'}]"
+
+
+def test_study_end_to_end_trials_runs_parent_and_champion(tracked, tmp_path):
+    import mlflow
+    import numpy as np
+    from mlflow.tracking import MlflowClient
+
+    from sweep.check import check
+
+    summary = _tune(
+        [*BASE, "study.name=e2e", "study.n_trials=5", "champion.k=2", "champion.seeds=2"]
+    )
+    study = _study("e2e")
+    finished = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
+    assert len(finished) == 5
+    # The base config is the first trial: a study is never worse than the defaults.
+    assert study.trials[0].params["optimizer.lr"] == pytest.approx(0.003)
+
+    runs = _runs("e2e")
+    by_id = {r.info.run_id: r for r in runs}
+    assert len(runs) == len(study.trials)  # one child run per trial, one to one
+    parent_id = study.user_attrs["mlflow_parent_run_id"]
+    for trial in study.trials:
+        run = by_id[trial.user_attrs["mlflow_run_id"]]
+        assert run.data.tags["trial.state"] == trial.state.name
+        assert run.data.tags["trial.number"] == str(trial.number)
+        assert run.data.tags["mlflow.parentRunId"] == parent_id
+        assert run.data.tags["sampler"] == "tpe"
+        for key, value in trial.params.items():
+            tagged = run.data.tags[f"param.{key}"]
+            assert float(tagged) == pytest.approx(value, rel=1e-12)
+        if trial.state.name == "COMPLETE":
+            assert run.info.status == "FINISHED"
+            assert run.data.metrics["best/acc"] == pytest.approx(trial.value)
+            assert "test/acc" in run.data.metrics
+            client = MlflowClient()
+            curve = client.get_metric_history(run.info.run_id, "val/acc")
+            assert [m.step for m in curve] == [0, 1, 2]
+
+    client = MlflowClient()
+    parents = _runs("e2e", role="study")
+    assert [p.info.run_id for p in parents] == [parent_id]
+    parent = client.get_run(parent_id)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.params["sampler.name"] == "tpe"
+    best_curve = client.get_metric_history(parent_id, "best_value")
+    assert len(best_curve) == 5 and best_curve[-1].value == pytest.approx(study.best_value)
+    artifacts = {a.path for a in client.list_artifacts(parent_id)}
+    assert {"trials.csv", "search_space.yaml", "base_config.yaml"} <= artifacts
+
+    # Champion: registered, aliased, tagged with its spread, loads and predicts.
+    champion = summary["champion"]
+    version = client.get_model_version_by_alias("e2e", "champion")
+    assert version.tags["trial"] == str(champion["trial"])
+    assert float(version.tags["val_mean"]) == pytest.approx(champion["val_mean"])
+    assert {"val_sd", "test_mean", "test_sd"} <= set(version.tags)
+    reruns = _runs("e2e", role="champion_rerun")
+    assert len(reruns) == 4  # top 2 x 2 seeds, children of the parent
+    assert all(r.data.tags["mlflow.parentRunId"] == parent_id for r in reruns)
+    model = mlflow.pyfunc.load_model("models:/e2e@champion")
+    rows = np.random.default_rng(0).normal(size=(4, 12)).astype("float32")
+    assert len(model.predict(rows)) == 4
+    assert parent.data.tags["champion.trial"] == str(champion["trial"])
+    assert check(["study.name=e2e"]) == []
+
+
+def test_resume_adds_trials_and_reuses_the_parent_run(tracked):
+    _tune([*QUICK, "study.name=resume", "study.n_trials=2"])
+    _tune([*QUICK, "study.name=resume", "study.n_trials=4"])
+    study = _study("resume")
+    assert sorted(t.number for t in study.trials) == [0, 1, 2, 3]
+    assert len(_runs("resume", role="study")) == 1
+    assert len(_runs("resume")) == 4
+    # Nothing left to do: a third call adds no trial.
+    _tune([*QUICK, "study.name=resume", "study.n_trials=4"])
+    assert len(_study("resume").trials) == 4
+
+
+def test_a_pruner_that_must_prune_prunes_and_records_the_epoch(tracked):
+    # Percentile 95 keeps only trials in the top 5% at each epoch: almost all are cut.
+    _tune(
+        [
+            *QUICK,
+            "study.name=prune",
+            "study.n_trials=6",
+            "sampler=random",
+            "pruner=percentile",
+            "pruner.percentile=95",
+            "pruner.n_startup_trials=1",
+            "pruner.n_warmup_steps=0",
+            "trainer.max_epochs=4",
+        ]
+    )
+    study = _study("prune")
+    pruned = [t for t in study.trials if t.state.name == "PRUNED"]
+    assert pruned, "no trial was pruned"
+    runs = {r.info.run_id: r for r in _runs("prune")}
+    for trial in pruned:
+        run = runs[trial.user_attrs["mlflow_run_id"]]
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["trial.state"] == "PRUNED"
+        epoch = int(run.data.tags["trial.pruned_epoch"])
+        assert epoch < 3  # stopped before max_epochs
+        from mlflow.tracking import MlflowClient
+
+        curve = MlflowClient().get_metric_history(run.info.run_id, "val/acc")
+        assert len(curve) == epoch + 1  # its curve up to where it was cut
+
+
+def test_failing_trials_are_recorded_and_the_study_goes_on(tracked, tmp_path):
+    searchpath = _custom_search(
+        tmp_path,
+        "diverge",
+        "optimizer.lr: {type: categorical, choices: [0.01, 1.0e12]}\n",
+    )
+    _tune(
+        [
+            searchpath,
+            "search=diverge",
+            "data=synthetic",
+            "data.task=regression",
+            "optimizer=sgd",
+            "trainer.max_epochs=3",
+            "sampler=grid",
+            "champion.k=0",
+            "tracking.log_model=false",
+            "study.name=diverge",
+            "study.n_trials=2",
+        ]
+    )
+    study = _study("diverge", [searchpath])
+    states = {t.params["optimizer.lr"]: t.state.name for t in study.trials}
+    assert states[0.01] == "COMPLETE"
+    assert states[1.0e12] == "FAIL"
+    failed = next(t for t in study.trials if t.state.name == "FAIL")
+    assert "NonFiniteLossError" in failed.user_attrs["error"]
+    run = next(r for r in _runs("diverge") if r.info.run_id == failed.user_attrs["mlflow_run_id"])
+    assert run.info.status == "FAILED"
+    assert "became" in run.data.tags["error"]
+
+
+def test_the_same_error_in_every_trial_stops_the_study_early(tracked, tmp_path):
+    from sweep.study import StudyAborted
+
+    searchpath = _custom_search(
+        tmp_path, "explode", "optimizer.lr: {type: float, low: 1.0e10, high: 1.0e12, log: true}\n"
+    )
+    with pytest.raises(StudyAborted, match="3 trials in a row failed with: NonFiniteLossError"):
+        _tune(
+            [
+                searchpath,
+                "search=explode",
+                "data=synthetic",
+                "data.task=regression",
+                "optimizer=sgd",
+                "trainer.max_epochs=2",
+                "champion.k=0",
+                "study.name=explode",
+                "study.n_trials=20",
+            ]
+        )
+    study = _study("explode", [searchpath])
+    assert len(study.trials) == 3  # not the whole budget
+    assert all(t.state.name == "FAIL" for t in study.trials)
+    runs = _runs("explode", role=None)
+    assert runs and all(r.info.status != "RUNNING" for r in runs)
+
+
+def test_a_conditional_parameter_is_only_sampled_when_its_condition_holds(tracked, tmp_path):
+    searchpath = _custom_search(
+        tmp_path,
+        "cond",
+        "model: {type: categorical, choices: [mlp, cnn]}\n"
+        "model.width: {type: int, low: 8, high: 32, when: {model: mlp}}\n"
+        "model.channels: {type: int, low: 4, high: 8, step: 4, when: {model: cnn}}\n",
+    )
+    _tune(
+        [
+            *QUICK,
+            searchpath,
+            "search=cond",
+            "sampler=grid",
+            "study.name=cond",
+            "study.n_trials=4",
+            "trainer.max_epochs=2",
+        ]
+    )
+    study = _study("cond", [searchpath])
+    runs = {r.info.run_id: r for r in _runs("cond")}
+    models = set()
+    for trial in study.trials:
+        model = trial.params["model"]
+        models.add(model)
+        run = runs[trial.user_attrs["mlflow_run_id"]]
+        if model == "cnn":
+            assert "model.width" not in trial.params and "param.model.width" not in run.data.tags
+            assert "model.channels" in trial.params
+            assert run.data.params["model.name"] == "cnn"
+        else:
+            assert "model.channels" not in trial.params
+            assert "param.model.channels" not in run.data.tags
+    assert models == {"mlp", "cnn"}
+
+
+def test_multi_objective_study_logs_the_pareto_front(tracked):
+    from mlflow.tracking import MlflowClient
+
+    summary = _tune(
+        [
+            *QUICK,
+            "study.name=pareto",
+            "study.n_trials=4",
+            "sampler=nsga2",
+            "study.metrics=[val/acc,model/params]",
+        ]
+    )
+    study = _study("pareto")
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
+    assert len(summary["pareto"]) == len(study.best_trials) >= 1
+    parent = study.user_attrs["mlflow_parent_run_id"]
+    assert "pareto_front.csv" in {a.path for a in MlflowClient().list_artifacts(parent)}
+
+
+@pytest.mark.parametrize("sampler", ["random", "cmaes", "gp", "qmc"])
+def test_every_sampler_runs_a_study(tracked, sampler):
+    # tpe runs in the other tests, grid in the conditional and failure tests.
+    _tune(
+        [
+            *QUICK,
+            f"sampler={sampler}",
+            f"study.name=s_{sampler}",
+            "study.n_trials=2",
+            "trainer.max_epochs=2",
+        ]
+    )
+    assert len(_study(f"s_{sampler}").trials) == 2
+
+
+@pytest.mark.parametrize(
+    ("space", "message"),
+    [
+        ("model.widthh: {type: int, low: 8, high: 16}\n", "search.model.widthh"),
+        ("optimizer.lr: {type: float, low: 0.1, high: 0.01}\n", "low (0.1) must be < high"),
+        (
+            "optimizer.lr: {type: float, low: 0.0, high: 0.1, log: true}\n",
+            "log scale needs low > 0",
+        ),
+        ("data.batch_size: {type: categorical, choices: []}\n", "non-empty list"),
+        ("model.width: {type: int, low: 8, high: 20, step: 5}\n", "does not divide"),
+        ("model.width: {type: integer, low: 8, high: 20}\n", "unknown type"),
+        (
+            "model: {type: categorical, choices: [mlp, transformer]}\n",
+            "unknown option 'transformer'",
+        ),
+        ("model.dropout: {type: float, low: 0.0, high: 1.5}\n", "model.dropout"),
+    ],
+)
+def test_bad_search_spaces_fail_before_any_trial(tracked, tmp_path, space, message):
+    from sweep.errors import SearchSpaceError
+
+    searchpath = _custom_search(tmp_path, "bad", space)
+    with pytest.raises(SearchSpaceError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        _tune([*QUICK, searchpath, "search=bad", "study.name=bad"])
+    assert _runs("bad", role=None) == []
+    assert not (tmp_path / ".sweep" / "optuna.journal").exists()
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("sampler=annealing", "sampler=annealing: unknown option"),
+        ("pruner=asha", "pruner=asha: unknown option"),
+        ("sampler.n_startup_trials=abc", "sampler.n_startup_trials"),
+        ("study.n_trials=0", "study.n_trials=0"),
+        ("study.metrics=[val/r2]", "unknown metric 'val/r2'"),
+    ],
+)
+def test_bad_sampler_pruner_or_study_settings_fail_before_any_trial(
+    tracked, tmp_path, override, message
+):
+    from sweep.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
+        _tune([*QUICK, "study.name=bad", override])
+    assert _runs("bad", role=None) == []
+
+
+def test_bad_settings_on_the_cli_exit_2_with_one_line_and_no_run(cli, tmp_path):
+    from conftest import count_runs
+
+    proc = cli("tune", *QUICK, "study.name=bad", "pruner=asha")
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "pruner=asha: unknown option" in lines[0], proc.stderr
+    assert count_runs(tmp_path / "mlflow.db") == 0
+    assert not (tmp_path / ".sweep").exists()
+
+
+def test_tune_cli_prints_the_top_trials_and_the_champion(cli):
+    proc = cli(
+        "tune", *BASE, "study.name=cli", "study.n_trials=3", "champion.k=1", "champion.seeds=2"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "top trials" in proc.stdout
+    assert "champion: trial" in proc.stdout and "models:/cli@champion" in proc.stdout
+    assert "make ui" in proc.stdout
