@@ -263,7 +263,9 @@ def serve(model_uri: str, host: str, port: int, tracking_uri: str | None = None)
 
     console = Console(stderr=True, highlight=False)
     url = f"http://{host}:{port}"
-    console.print(f"serving {model_uri} at {url} (MLflow scoring server; Ctrl-C stops it)")
+    console.print(
+        f"serving {model_uri} at {url} (MLflow scoring server; Ctrl-C stops it)", soft_wrap=True
+    )
     proc = start_server(model_uri, host, port, tracking_uri)
     try:
         try:
@@ -275,7 +277,8 @@ def serve(model_uri: str, host: str, port: int, tracking_uri: str | None = None)
         else:
             console.print(
                 f"ready: curl -X POST {url}/invocations -H 'Content-Type: application/json' "
-                """-d '{"dataframe_split": {"columns": [...], "data": [[...]]}}'"""
+                """-d '{"dataframe_split": {"columns": [...], "data": [[...]]}}'""",
+                soft_wrap=True,
             )
         return proc.wait()
     except KeyboardInterrupt:
@@ -650,6 +653,7 @@ def predict_command(args: list[str]) -> int:
     )
     Console(stderr=True, highlight=False).print(
         f"wrote {summary.rows:,} rows with {', '.join(summary.prediction_columns)} to "
-        f"{summary.output} ({summary.seconds:.1f} s, model {summary.model_uri})"
+        f"{summary.output} ({summary.seconds:.1f} s, model {summary.model_uri})",
+        soft_wrap=True,
     )
     return 0

@@ -274,10 +274,13 @@ class Objective:
         except optuna.TrialPruned:
             raise
         except BaseException as exc:
-            trial.set_user_attr("error", _one_line(exc))
+            error = _one_line(exc)
+            if isinstance(exc, KeyboardInterrupt | SystemExit):
+                error = f"interrupted ({error})"
+            trial.set_user_attr("error", error)
             if "mlflow_run_id" not in trial.user_attrs:
                 self._record_early_failure(trial)  # failed before its run existed
-            _tag_run(trial, "FAIL", {"trial.error": _one_line(exc)})
+            _tag_run(trial, "FAIL", {"trial.error": error})
             raise
 
     def _record_early_failure(self, trial) -> None:
@@ -493,6 +496,9 @@ def tune(overrides: list[str], progress: bool = True) -> dict[str, Any]:
         return summary
     except (KeyboardInterrupt, SystemExit):
         status = "KILLED"
+        from sweep.workers import retry_interrupted
+
+        retry_interrupted(study)  # its point is tried again when the command is rerun
         raise
     finally:
         from mlflow.tracking import MlflowClient

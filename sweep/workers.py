@@ -128,15 +128,15 @@ def recover(study) -> None:
     close_orphan_runs(study)
 
 
-def _retry_interrupted(study) -> None:
+def retry_interrupted(study) -> None:
     """A trial this process was running when interrupted: enqueue it for the next run."""
     from optuna.trial import TrialState
 
     me = f"{platform.node()}:{os.getpid()}"
     for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
-        if trial.user_attrs.get("worker") == me and "interrupted" in str(
+        if trial.user_attrs.get("worker") == me and str(
             trial.user_attrs.get("error", "")
-        ):
+        ).startswith("interrupted"):
             retry_trial(study, trial, "interrupted")
 
 
@@ -159,7 +159,7 @@ def worker_command(args: list[str]) -> int:
     try:
         failures = optimize(study, spec, parent_run_id)
     except KeyboardInterrupt:
-        _retry_interrupted(study)
+        retry_interrupted(study)
         raise
     if failures.message:
         raise StudyAborted(failures.message)

@@ -1,0 +1,238 @@
+"""Parallel studies with real worker processes: the embedded journal storage and a real
+PostgreSQL server, SIGKILL mid-trial, SIGTERM, and `sweep check` afterwards."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from conftest import cli_env
+
+pytestmark = pytest.mark.e2e
+
+PG_ADMIN_URL = os.environ.get("SWEEP_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+QUICK = [
+    "data=synthetic",
+    "search=tiny",
+    "trainer.max_epochs=2",
+    "champion.k=0",
+    "tracking.log_model=false",
+    "study.seed=3",
+]
+# Trials long enough (~2-4 s) to be caught RUNNING.
+SLOW = [
+    "data=synthetic",
+    "data.num_samples=4000",
+    "search=tiny",
+    "trainer.max_epochs=12",
+    "trainer.early_stopping.enabled=false",
+    "pruner=none",
+    "champion.k=0",
+    "tracking.log_model=false",
+]
+
+
+def _load(name: str, extra: list[str] | None = None):
+    from sweep.check import load_study
+
+    return load_study([f"study.name={name}", *(extra or [])])[0]
+
+
+def _check(name: str, extra: list[str] | None = None) -> list[str]:
+    from sweep.check import check
+
+    return check([f"study.name={name}", *(extra or [])])
+
+
+def _all_runs(experiment: str):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    exp = client.get_experiment_by_name(experiment)
+    return client.search_runs([exp.experiment_id], max_results=1000) if exp else []
+
+
+def _start(args: list[str], cwd: Path, uri: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "sweep", *args],
+        cwd=cwd,
+        env=cli_env(uri),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _wait_for_running_trial(
+    name: str, extra: list[str], owner_not: int | None = None, timeout: float = 120.0
+):
+    """A RUNNING trial (optionally owned by another pid than ``owner_not``) and its pid."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        try:
+            study = _load(name, extra)
+        except Exception:
+            continue  # not created yet
+        for trial in study.get_trials(deepcopy=False):
+            worker = trial.user_attrs.get("worker")
+            if trial.state.name == "RUNNING" and worker and "mlflow_run_id" in trial.user_attrs:
+                pid = int(worker.rsplit(":", 1)[1])
+                if pid != owner_not:
+                    return trial, pid
+    raise AssertionError(f"no RUNNING trial in study {name} within {timeout} s")
+
+
+def _assert_complete(name: str, n_trials: int, extra: list[str] | None = None):
+    study = _load(name, extra)
+    numbers = [t.number for t in study.trials]
+    assert len(numbers) == len(set(numbers)) == max(numbers) + 1  # numbered uniquely
+    states = [t.state.name for t in study.trials]
+    assert states.count("COMPLETE") + states.count("PRUNED") == n_trials
+    assert "RUNNING" not in states
+    assert all(r.info.status != "RUNNING" for r in _all_runs(name))
+    assert _check(name, extra) == []
+    return study
+
+
+def _run_parallel_study(tracked, tmp_path, name: str, extra: list[str]):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sweep",
+            "tune",
+            *QUICK,
+            *extra,
+            f"study.name={name}",
+            "study.n_trials=8",
+            "study.n_workers=4",
+        ],
+        cwd=tmp_path,
+        env=cli_env(tracked),
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "locked" not in proc.stderr.lower()
+    study = _assert_complete(name, 8, extra)
+    workers = {t.user_attrs["worker"] for t in study.trials}
+    assert len(workers) >= 2, f"one worker did all the work: {workers}"
+
+
+def test_four_local_workers_share_the_embedded_journal_storage(tracked, tmp_path):
+    _run_parallel_study(tracked, tmp_path, "par_journal", [])
+    assert (tmp_path / ".sweep" / "optuna.journal").exists()
+
+
+@pytest.fixture
+def postgres_url():
+    """A fresh PostgreSQL database for one test, dropped afterwards."""
+    try:
+        import psycopg2
+
+        admin = psycopg2.connect(PG_ADMIN_URL, connect_timeout=3)
+    except Exception as exc:
+        if os.environ.get("CI") == "true":
+            raise AssertionError(f"PostgreSQL must be reachable in CI: {exc}") from exc
+        pytest.skip(f"no PostgreSQL server at {PG_ADMIN_URL}: {exc}")
+    admin.autocommit = True
+    db = f"sweep_test_{uuid.uuid4().hex[:10]}"
+    with admin.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{db}"')
+    base = PG_ADMIN_URL.rsplit("/", 1)[0]
+    yield f"{base}/{db}"
+    with admin.cursor() as cur:
+        cur.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = %s AND pid <> pg_backend_pid()",
+            (db,),
+        )
+        cur.execute(f'DROP DATABASE IF EXISTS "{db}"')
+    admin.close()
+
+
+@pytest.mark.postgres
+def test_four_workers_share_a_postgresql_storage(tracked, tmp_path, postgres_url):
+    _run_parallel_study(
+        tracked, tmp_path, "par_pg", ["storage=postgres", f"storage.url={postgres_url}"]
+    )
+    assert not (tmp_path / ".sweep" / "optuna.journal").exists()
+
+
+def test_a_worker_killed_mid_trial_is_failed_retried_and_its_run_closed(tracked, tmp_path):
+    name = "killed"
+    args = ["tune", *SLOW, f"study.name={name}", "study.n_trials=4", "study.n_workers=2"]
+    coordinator = _start(args, tmp_path, tracked)
+    try:
+        trial, pid = _wait_for_running_trial(name, [], owner_not=coordinator.pid)
+        os.kill(pid, signal.SIGKILL)
+        out, err = coordinator.communicate(timeout=400)
+    finally:
+        if coordinator.poll() is None:
+            coordinator.kill()
+    assert coordinator.returncode == 0, err[-3000:]
+    # Rerunning the same command has nothing left to do and leaves everything consistent.
+    again = subprocess.run(
+        [sys.executable, "-m", "sweep", *args],
+        cwd=tmp_path,
+        env=cli_env(tracked),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    study = _assert_complete(name, 4)
+    killed = study.trials[trial.number]
+    assert killed.state.name == "FAIL"
+    assert "died" in killed.user_attrs["error"]
+    retries = [t for t in study.trials if t.user_attrs.get("retry_of") == trial.number]
+    assert len(retries) == 1 and retries[0].state.name in ("COMPLETE", "PRUNED")
+    assert retries[0].params == killed.params
+    from mlflow.tracking import MlflowClient
+
+    run = MlflowClient().get_run(killed.user_attrs["mlflow_run_id"])
+    assert run.info.status == "KILLED" and "died" in run.data.tags["error"]
+
+
+def test_sigterm_stops_cleanly_and_the_same_command_resumes(tracked, tmp_path):
+    name = "sigterm"
+    args = ["tune", *SLOW, f"study.name={name}", "study.n_trials=3"]
+    proc = _start(args, tmp_path, tracked)
+    try:
+        _wait_for_running_trial(name, [])
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err
+    study = _load(name)
+    assert "RUNNING" not in [t.state.name for t in study.trials]
+    interrupted = [t for t in study.trials if t.state.name == "FAIL"]
+    assert interrupted and "interrupted" in interrupted[0].user_attrs["error"]
+    statuses = {r.info.run_id: r.info.status for r in _all_runs(name)}
+    assert "RUNNING" not in statuses.values()
+    assert statuses[interrupted[0].user_attrs["mlflow_run_id"]] == "KILLED"
+    assert statuses[study.user_attrs["mlflow_parent_run_id"]] == "KILLED"
+
+    again = subprocess.run(
+        [sys.executable, "-m", "sweep", *args],
+        cwd=tmp_path,
+        env=cli_env(tracked),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    study = _assert_complete(name, 3)
+    # The interrupted trial's point was not lost: it was retried.
+    assert any(t.user_attrs.get("retry_of") == interrupted[0].number for t in study.trials)
