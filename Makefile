@@ -44,3 +44,18 @@ ui: $(STAMP)
 
 clean:
 	rm -rf .pytest_cache .ruff_cache lightning_logs
+
+.PHONY: serve predict rerun
+
+# Deploy (sweep.deploy): the champion models:/<study>@champion (conf/sweep.yaml) unless
+# MODEL=... is given. serve listens on 127.0.0.1:5001; PORT=... / HOST=... on the command
+# line override it (the PORT default above is the MLflow UI's).
+deploy_set = $(filter command line environment,$(origin $(1)))
+serve: $(STAMP)
+	$(BIN)/sweep serve $(if $(MODEL),model=$(MODEL)) $(if $(call deploy_set,PORT),port=$(PORT)) $(if $(call deploy_set,HOST),host=$(HOST)) $(ARGS)
+
+predict: $(STAMP)
+	$(BIN)/sweep predict $(if $(MODEL),model=$(MODEL)) $(ARGS)
+
+rerun: $(STAMP)
+	$(BIN)/sweep rerun $(RUN) $(ARGS)

@@ -11,6 +11,7 @@ a PostgreSQL advisory lock for a PostgreSQL storage (many machines).
 from __future__ import annotations
 
 import contextlib
+import re
 import zlib
 from pathlib import Path
 from typing import Any
@@ -34,27 +35,18 @@ class _FileLock:
 
 class _PostgresLock:
     def __init__(self, url: str, key: str):
-        import psycopg2
-        from sqlalchemy.engine import make_url
+        import psycopg
 
-        parsed = make_url(url)
-        self.conn = psycopg2.connect(
-            host=parsed.host,
-            port=parsed.port or 5432,
-            user=parsed.username,
-            password=parsed.password,
-            dbname=parsed.database,
-        )
-        self.conn.autocommit = True
+        # postgresql+psycopg://... is SQLAlchemy's spelling; libpq wants postgresql://...
+        conninfo = re.sub(r"^postgresql\+\w+://", "postgresql://", url)
+        self.conn = psycopg.connect(conninfo, autocommit=True)
         self.key = zlib.crc32(key.encode())
 
     def acquire(self) -> None:
-        with self.conn.cursor() as cur:
-            cur.execute("SELECT pg_advisory_lock(%s)", (self.key,))
+        self.conn.execute("SELECT pg_advisory_lock(%s)", (self.key,))
 
     def release(self) -> None:
-        with self.conn.cursor() as cur:
-            cur.execute("SELECT pg_advisory_unlock(%s)", (self.key,))
+        self.conn.execute("SELECT pg_advisory_unlock(%s)", (self.key,))
 
 
 class _NoLock:
@@ -72,7 +64,7 @@ def make_lock(storage_url: str, study_name: str) -> Any:
             path = Path(storage_url[len(prefix) - 1 :])
             return _FileLock(path.with_name(f"{path.name}.{study_name}.lock"))
     if storage_url.startswith("postgresql"):
-        return _PostgresLock(storage_url.replace("+psycopg2", ""), f"sweep:{study_name}")
+        return _PostgresLock(storage_url, f"sweep:{study_name}")
     return _NoLock()
 
 

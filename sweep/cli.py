@@ -42,6 +42,21 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "re-train exactly what a logged run trained: sweep rerun RUN_ID [hydra overrides]",
         "sweep.rerun:rerun_command",
     ),
+    "compare": (
+        "compare experiments and studies: sweep compare experiments=[a,b] "
+        "[studies=[...]] [states=[COMPLETE,PRUNED]] [filter=...] [limit=50]",
+        "sweep.compare:compare_command",
+    ),
+    "report": (
+        "write a study's HTML dashboard: sweep report study.name=... [sweep overrides] "
+        "[--out DIR] [--no-log]",
+        "sweep.report:report_command",
+    ),
+    "optuna-dashboard": (
+        "optuna-dashboard over the study storage: sweep optuna-dashboard [sweep overrides] "
+        "[--host 127.0.0.1] [--port 8080]",
+        "sweep.report:optuna_dashboard_command",
+    ),
 }
 
 

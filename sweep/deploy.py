@@ -583,7 +583,7 @@ def predict_file(
         TimeElapsedColumn(),
         console=Console(stderr=True),
         disable=not progress,
-        transient=False,
+        transient=True,  # the summary line follows; no stale 0% bar on an error
     )
     try:
         with bar:
@@ -626,7 +626,8 @@ def predict_file(
 
 
 def predict_command(args: list[str]) -> int:
-    """``sweep predict [model=URI] input=FILE [output=FILE] [chunk_size=N] [proba=true]``."""
+    """``sweep predict [model=URI | study=NAME] input=FILE [output=FILE] [chunk_size=N]
+    [proba=true]``; without model, the champion of the study (conf/sweep.yaml by default)."""
     from rich.console import Console
 
     opts = parse_options(

@@ -153,7 +153,7 @@ def build_storage(url: str, heartbeat_interval: int | None = None, grace_period:
         kwargs["engine_kwargs"] = {"pool_pre_ping": True}  # optuna #5600
     if heartbeat_interval:
         kwargs.update(heartbeat_interval=heartbeat_interval, grace_period=grace_period)
-        kwargs["failed_trial_callback"] = optuna.storages.RetryHeartbeatStaleTrialCallback(
+        kwargs["heartbeat_stale_trial_callback"] = optuna.storages.RetryHeartbeatStaleTrialCallback(
             max_retry=3
         )
     try:

@@ -150,6 +150,7 @@ def log_model(network, model_cfg: dict, dataset, output_example: Any | None = No
         "preprocessor": dataset.preprocessor,
     }
     example = dataset.input_example
+    _quiet_mlflow_model_logging()  # again: other libraries may have reset the filters
     model = SweepModel()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "bundle.pt"

@@ -172,7 +172,10 @@ def apply_overrides(cfg: DictConfig, overrides: list[str]) -> DictConfig:
     group_ids = {id(o) for o in groups}
     if groups:
         # A group switch takes the option's file as a whole; dotted overrides then apply.
-        composed = config_mod.compose("train", [o.input_line for o in groups])
+        # Keys of the switched groups go along (data=csv needs data.path to compose).
+        switched = tuple(f"{o.key_or_group}." for o in groups)
+        inside = [o.input_line for o in parsed if o.key_or_group.startswith(switched)]
+        composed = config_mod.compose("train", [*(o.input_line for o in groups), *inside])
         for o in groups:
             cfg[o.key_or_group] = config_mod.to_container(composed[o.key_or_group])
     for o in parsed:
@@ -244,7 +247,7 @@ def rerun(run_id: str, overrides: list[str] | None = None, warn: Any = None) -> 
         cfg,
         experiment=experiment,
         run_name=f"rerun-{source.name or run_id[:8]}",
-        tags={"rerun_of": run_id},
+        tags={"rerun_of": run_id, "sweep.role": "rerun"},
         overrides=overrides,
     )
     tracking.setup(cfg.tracking.uri)

@@ -76,18 +76,34 @@ def cli_env(uri: str | None) -> dict[str, str]:
     return env
 
 
-def run_cli(
-    *args: str, cwd: Path, uri: str | None = None, timeout: float = 180
-) -> subprocess.CompletedProcess:
-    """``python -m sweep ARGS`` in ``cwd`` with ``MLFLOW_TRACKING_URI=uri``."""
-    return subprocess.run(
+def start_cli(*args: str, cwd: Path, uri: str | None = None) -> subprocess.Popen:
+    """Start ``python -m sweep ARGS`` in ``cwd`` with ``MLFLOW_TRACKING_URI=uri``."""
+    return subprocess.Popen(
         [sys.executable, "-m", "sweep", *args],
         cwd=cwd,
         env=cli_env(uri),
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=timeout,
     )
+
+
+def finish_cli(proc: subprocess.Popen, timeout: float = 180) -> subprocess.CompletedProcess:
+    """Wait for a started CLI (killed after ``timeout`` s); its CompletedProcess."""
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        stdout, stderr = proc.communicate()
+        raise AssertionError(f"{proc.args} ran over {timeout} s:\n{stderr[-3000:]}") from None
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+def run_cli(
+    *args: str, cwd: Path, uri: str | None = None, timeout: float = 180
+) -> subprocess.CompletedProcess:
+    """``python -m sweep ARGS`` in ``cwd`` with ``MLFLOW_TRACKING_URI=uri``, to the end."""
+    return finish_cli(start_cli(*args, cwd=cwd, uri=uri), timeout)
 
 
 @pytest.fixture

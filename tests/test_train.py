@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import lightning as L
 import mlflow
@@ -16,7 +18,15 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import ROOT, TINY_DIGITS, TINY_MNIST1D, TINY_SYNTHETIC, cli_env, count_runs
+from conftest import (
+    ROOT,
+    TINY_DIGITS,
+    TINY_MNIST1D,
+    TINY_SYNTHETIC,
+    count_runs,
+    finish_cli,
+    start_cli,
+)
 from mlflow.tracking import MlflowClient
 from sklearn.datasets import load_digits
 
@@ -78,6 +88,76 @@ def raw_digits_split(cfg):
 def accuracy(model, x: np.ndarray, y: np.ndarray) -> float:
     predicted = model.predict(x)["prediction"].to_numpy()
     return float((predicted.astype(np.int64) == y).mean())
+
+
+def write_messy_csv(path) -> pd.DataFrame:
+    """String labels, an id column, missing values, spaces in column names."""
+    rng = np.random.default_rng(0)
+    n = 200
+    a, b = rng.normal(size=n), rng.normal(size=n)
+    frame = pd.DataFrame(
+        {
+            "id": np.arange(1000, 1000 + n),
+            "feature a": a.round(3),
+            "feature b": b.round(3),
+            "colour": rng.choice(["red", "green", "blue"], n),
+            "the label": np.where(a + b > 0, "yes", "no"),
+        }
+    )
+    frame.loc[[3, 7, 20], "feature a"] = np.nan
+    frame.loc[[5, 9], "colour"] = None
+    frame.to_csv(path, index=False)
+    return frame
+
+
+@dataclass
+class CliJob:
+    """A ``python -m sweep train`` started in its own folder and MLflow store."""
+
+    cwd: Path
+    uri: str
+    proc: subprocess.Popen
+    frame: pd.DataFrame | None = None
+    _done: subprocess.CompletedProcess | None = None
+
+    def result(self) -> subprocess.CompletedProcess:
+        if self._done is None:
+            self._done = finish_cli(self.proc)
+        return self._done
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cli_jobs(tmp_path_factory, _empty_mlflow_db):
+    """The CLI trainings start with this module and run beside its in-process tests
+    (imports cost most of their time); the CLI tests then check their results.
+    Meanwhile this process trains on one thread: tiny models gain nothing from more,
+    and torch's thread pool slows down badly on oversubscribed cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    jobs: dict[str, CliJob] = {}
+    for name in ("synthetic", "csv"):
+        cwd = tmp_path_factory.mktemp(f"cli-{name}")
+        shutil.copy(_empty_mlflow_db, cwd / "mlflow.db")
+        uri = f"sqlite:///{cwd / 'mlflow.db'}"
+        frame = None
+        if name == "csv":
+            frame = write_messy_csv(cwd / "my table.csv")
+            args = [
+                "data=csv",
+                "data.path=my table.csv",
+                "data.target=the label",
+                "data.drop=[id]",
+                "trainer=fast",
+            ]
+        else:
+            args = TINY_SYNTHETIC
+        jobs[name] = CliJob(cwd, uri, start_cli("train", *args, cwd=cwd, uri=uri), frame)
+    yield jobs
+    torch.set_num_threads(threads)
+    for job in jobs.values():
+        if job.proc.poll() is None:
+            job.proc.kill()
+            job.proc.communicate()
 
 
 # -- a classification run, everything recorded ---------------------------------------------
@@ -300,22 +380,31 @@ def test_exception_inside_fit_ends_failed(tracked, monkeypatch):
     assert record.data.tags["error"] == "RuntimeError: boom in training_step"
 
 
-def test_keyboard_interrupt_during_fit_ends_killed(tracked):
+@pytest.mark.parametrize(
+    ("hook", "epochs_logged"),
+    [("on_train_epoch_start", [0]), ("on_test_start", [0, 1, 2])],
+    ids=["during-fit", "during-test"],
+)
+def test_keyboard_interrupt_ends_killed(tracked, hook, epochs_logged):
     class CtrlC(L.Callback):
-        def on_train_epoch_start(self, trainer, pl_module):
-            if trainer.current_epoch == 1:
-                raise KeyboardInterrupt
+        pass
 
+    def interrupt(self, trainer, pl_module):
+        if trainer.current_epoch == 1 or hook == "on_test_start":
+            raise KeyboardInterrupt
+
+    setattr(CtrlC, hook, interrupt)
     handler = signal.getsignal(signal.SIGINT)
     with pytest.raises(KeyboardInterrupt):  # not Lightning's SystemExit(1)
-        train([*TINY_SYNTHETIC, "trainer.max_epochs=5"], callbacks=[CtrlC()])
+        train(TINY_SYNTHETIC, callbacks=[CtrlC()])
     assert signal.getsignal(signal.SIGINT) == handler
     client = MlflowClient(tracking_uri=tracked)
     record = only_run(client)
     assert record.info.status == "KILLED"
     assert "interrupted" in record.data.tags["error"]
     # the curve up to the interruption is kept
-    assert [s for s, _ in history(client, record.info.run_id, "val/loss")] == [0]
+    assert [s for s, _ in history(client, record.info.run_id, "val/loss")] == epochs_logged
+    assert "test/acc" not in record.data.metrics
 
 
 def test_bad_data_leaves_no_run(tracked, tmp_path):
@@ -331,62 +420,38 @@ def run_id_from(stdout: str) -> str:
     return match.group(1)
 
 
-def test_cli_train(tracked, cli):
-    proc = cli("train", *TINY_SYNTHETIC)
+def test_cli_train(cli_jobs):
+    job = cli_jobs["synthetic"]
+    proc = job.result()
     assert proc.returncode == 0, proc.stderr
     for name in ("test/acc", "test/f1", "best val/acc"):
         assert name in proc.stdout
     assert "Traceback" not in proc.stderr
     for noise in ("💡", "Tip:", "many workers", "type hints", "GPU available"):
         assert noise not in proc.stdout + proc.stderr, noise
-    record = MlflowClient(tracking_uri=tracked).get_run(run_id_from(proc.stdout))
+    record = MlflowClient(tracking_uri=job.uri).get_run(run_id_from(proc.stdout))
     assert record.info.status == "FINISHED"
     assert record.data.tags["overrides"] == "data=synthetic trainer=fast"
     assert "train data=synthetic trainer=fast" in record.data.tags["command"]
     assert "test/acc" in record.data.metrics
+    assert record.data.tags["model_uri"].startswith("models:/")
 
 
-def write_messy_csv(path) -> pd.DataFrame:
-    """String labels, an id column, missing values, spaces in column names."""
-    rng = np.random.default_rng(0)
-    n = 200
-    a, b = rng.normal(size=n), rng.normal(size=n)
-    frame = pd.DataFrame(
-        {
-            "id": np.arange(1000, 1000 + n),
-            "feature a": a.round(3),
-            "feature b": b.round(3),
-            "colour": rng.choice(["red", "green", "blue"], n),
-            "the label": np.where(a + b > 0, "yes", "no"),
-        }
-    )
-    frame.loc[[3, 7, 20], "feature a"] = np.nan
-    frame.loc[[5, 9], "colour"] = None
-    frame.to_csv(path, index=False)
-    return frame
-
-
-def test_cli_train_on_messy_csv(tracked, cli, tmp_path):
-    frame = write_messy_csv(tmp_path / "my table.csv")
-    proc = cli(
-        "train",
-        "data=csv",
-        "data.path=my table.csv",
-        "data.target=the label",
-        "data.drop=[id]",
-        "trainer=fast",
-    )
+def test_cli_train_on_messy_csv(cli_jobs):
+    job = cli_jobs["csv"]
+    proc = job.result()
     assert proc.returncode == 0, proc.stderr
     run_id = run_id_from(proc.stdout)
-    record = MlflowClient(tracking_uri=tracked).get_run(run_id)
+    record = MlflowClient(tracking_uri=job.uri).get_run(run_id)
     assert record.info.status == "FINISHED"
     assert record.data.params["data.task"] == "classification"
+    mlflow.set_tracking_uri(job.uri)  # models:/ URIs resolve through the tracking store
     model = mlflow.pyfunc.load_model(record.data.tags["model_uri"])
-    raw = pd.read_csv(tmp_path / "my table.csv").drop(columns=["the label"])
+    raw = pd.read_csv(job.cwd / "my table.csv").drop(columns=["the label"])
     assert raw.isna().any().any()
     predicted = model.predict(raw)["prediction"]
     assert set(predicted) <= {"yes", "no"}
-    assert (predicted.to_numpy() == frame["the label"].to_numpy()).mean() > 0.7
+    assert (predicted.to_numpy() == job.frame["the label"].to_numpy()).mean() > 0.7
     proba = model.predict(raw.head(3), params={"proba": True})
     assert list(proba.columns) == ["prediction", "proba_no", "proba_yes"]
 
@@ -401,37 +466,31 @@ def test_cli_missing_data_file(cli, tmp_path):
     assert count_runs(tmp_path / "mlflow.db") == 0
 
 
-def test_cli_sigterm_closes_the_run(tracked, tmp_path):
-    args = [
-        "train",
-        "data=synthetic",
-        "trainer.max_epochs=100000",
-        "trainer.early_stopping.enabled=false",
-        "trainer.progress=true",
-    ]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "sweep", *args],
-        cwd=tmp_path,
-        env=cli_env(tracked),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+def test_sigterm_during_fit_closes_the_run(tracked, monkeypatch, capsys):
+    """``sweep.cli.main`` in this process; SIGTERM sent to ourselves at epoch 1."""
+    from sweep import cli
+
+    def not_handled(signum, frame):
+        raise RuntimeError("SIGTERM reached the test's handler, not the CLI's")
+
+    original = Task.on_train_epoch_start
+
+    def terminate_at_epoch_1(self):
+        original(self)
+        if self.current_epoch == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises before this returns
+
+    monkeypatch.setattr(Task, "on_train_epoch_start", terminate_at_epoch_1)
+    previous = signal.signal(signal.SIGTERM, not_handled)
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line or line.lstrip().startswith("epoch"):
-                break
-        assert line, "the run ended before its first epoch"
-        proc.send_signal(signal.SIGTERM)
-        _, stderr = proc.communicate(timeout=60)
+        code = cli.main(["train", *TINY_SYNTHETIC, "trainer.max_epochs=5"])
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 130, stderr
-    assert "interrupted" in stderr
-    record = only_run(MlflowClient(tracking_uri=tracked))
+        signal.signal(signal.SIGTERM, previous)
+    assert code == 130
+    assert "interrupted" in capsys.readouterr().err
+    client = MlflowClient(tracking_uri=tracked)
+    record = only_run(client)
     assert record.info.status == "KILLED"
     assert "interrupted" in record.data.tags["error"]
+    assert [s for s, _ in history(client, record.info.run_id, "val/loss")] == [0]

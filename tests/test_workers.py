@@ -136,17 +136,15 @@ def test_four_local_workers_share_the_embedded_journal_storage(tracked, tmp_path
 def postgres_url():
     """A fresh PostgreSQL database for one test, dropped afterwards."""
     try:
-        import psycopg2
+        import psycopg
 
-        admin = psycopg2.connect(PG_ADMIN_URL, connect_timeout=3)
+        admin = psycopg.connect(PG_ADMIN_URL, connect_timeout=3, autocommit=True)
     except Exception as exc:
         if os.environ.get("CI") == "true":
             raise AssertionError(f"PostgreSQL must be reachable in CI: {exc}") from exc
         pytest.skip(f"no PostgreSQL server at {PG_ADMIN_URL}: {exc}")
-    admin.autocommit = True
     db = f"sweep_test_{uuid.uuid4().hex[:10]}"
-    with admin.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{db}"')
+    admin.execute(f'CREATE DATABASE "{db}"')
     base = PG_ADMIN_URL.rsplit("/", 1)[0]
     yield f"{base}/{db}"
     with admin.cursor() as cur:
@@ -174,7 +172,7 @@ def test_a_worker_killed_mid_trial_is_failed_retried_and_its_run_closed(tracked,
     try:
         trial, pid = _wait_for_running_trial(name, [], owner_not=coordinator.pid)
         os.kill(pid, signal.SIGKILL)
-        out, err = coordinator.communicate(timeout=400)
+        _out, err = coordinator.communicate(timeout=400)
     finally:
         if coordinator.poll() is None:
             coordinator.kill()
@@ -209,7 +207,7 @@ def test_sigterm_stops_cleanly_and_the_same_command_resumes(tracked, tmp_path):
     try:
         _wait_for_running_trial(name, [])
         proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=60)
+        _out, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -1,0 +1,339 @@
+"""The real MLflow model server (``sweep serve`` -> ``mlflow models serve --env-manager local``)
+in front of tiny trained models: a table with string labels and a digits (array) model.
+
+Both servers start once per module, in parallel, on free loopback ports, and are always
+stopped (finalizer). Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import cli_env
+
+from sweep import cli
+from sweep.config import load_run_config
+from sweep.deploy import champion_uri, free_port, start_server, stop_server, wait_until_ready
+from sweep.train import run
+
+pytestmark = pytest.mark.e2e
+
+LABELS = ("cat", "dog", "bird")
+FEATURES = ["age", "height", "color"]
+READY_S = 150.0  # two servers importing torch + MLflow at once on 2 cores
+
+
+def write_table(path: Path, n: int = 240, seed: int = 0) -> pd.DataFrame:
+    """Classification table: string labels, an int column, a float, a category, an id."""
+    rng = np.random.default_rng(seed)
+    df = pd.DataFrame(
+        {
+            "id": np.arange(n),
+            "age": rng.integers(1, 15, size=n),
+            "height": rng.normal(30, 8, size=n).round(2),
+            "color": rng.choice(["black", "white", "brown"], size=n),
+        }
+    )
+    score = (df["age"] - 7) / 3 + (df["color"] == "black") * 1.2 + (df["height"] - 30) / 10
+    df["label"] = np.where(score > 0.6, LABELS[0], np.where(score < -0.6, LABELS[1], LABELS[2]))
+    df.to_csv(path, index=False)
+    return df
+
+
+def _children(pid: int) -> list[int]:
+    """Direct children of ``pid`` (Linux /proc), to clean up if their parent was killed."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid:
+                out.append(int(stat.parent.name))
+    return out
+
+
+def _stop_cli_server(proc: subprocess.Popen) -> None:
+    """SIGTERM ``sweep serve`` (it stops its server group); kill whatever outlives it."""
+    leftovers = _children(proc.pid)
+    stop_server(proc, timeout=20)
+    for pid in leftovers:  # each is a server process-group leader (start_new_session)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory, _empty_mlflow_db: Path):
+    """Train both models, start both servers; yield URLs, URIs, data; stop the servers."""
+    root = tmp_path_factory.mktemp("serve")
+    shutil.copy(_empty_mlflow_db, root / "mlflow.db")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    table = write_table(root / "pets.csv")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        mp.delenv("MLFLOW_RUN_ID", raising=False)
+        mlflow.set_tracking_uri(uri)
+        with contextlib.ExitStack() as stack:
+            logs = [stack.enter_context((root / f"{n}.log").open("w")) for n in ("digits", "table")]
+            # The digits server boots while the table model trains (2 cores, both busy).
+            digits_run = run(
+                load_run_config(["data=digits", "trainer=fast", "trainer.max_epochs=1"])
+            )
+            digits_port, table_port = free_port(), free_port()
+            while table_port == digits_port:
+                table_port = free_port()
+            digits_proc = start_server(
+                digits_run.model_uri,
+                port=digits_port,
+                tracking_uri=uri,
+                stdout=logs[0],
+                stderr=subprocess.STDOUT,
+            )
+            stack.callback(stop_server, digits_proc)
+            csv_run = run(
+                load_run_config(
+                    [
+                        "data=csv",
+                        f"data.path={root / 'pets.csv'}",
+                        "data.target=label",
+                        "data.drop=[id]",
+                        "trainer=fast",
+                    ]
+                )
+            )
+            # The table model through the CLI (``sweep serve``), the digits one through the API.
+            table_proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "sweep",
+                    "serve",
+                    f"model={csv_run.model_uri}",
+                    f"port={table_port}",
+                ],
+                cwd=root,
+                env=cli_env(uri),
+                stdout=logs[1],
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            stack.callback(_stop_cli_server, table_proc)
+            for url, proc, log in (
+                (f"http://127.0.0.1:{digits_port}", digits_proc, "digits.log"),
+                (f"http://127.0.0.1:{table_port}", table_proc, "table.log"),
+            ):
+                try:
+                    wait_until_ready(url, READY_S, proc)
+                except (TimeoutError, RuntimeError) as exc:
+                    pytest.fail(f"{exc}\n{(root / log).read_text()[-3000:]}")
+            yield {
+                "table_url": f"http://127.0.0.1:{table_port}",
+                "digits_url": f"http://127.0.0.1:{digits_port}",
+                "table_uri": csv_run.model_uri,
+                "digits_uri": digits_run.model_uri,
+                "table": table,
+                "root": root,
+                "uri": uri,
+                "table_port": table_port,
+            }
+
+
+def post(url: str, body: dict | str, timeout: float = 30) -> tuple[int, dict]:
+    """POST JSON to ``<url>/invocations``; (status, parsed body), errors included."""
+    data = body if isinstance(body, str) else json.dumps(body)
+    request = urllib.request.Request(
+        f"{url}/invocations",
+        data=data.encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+def predictions(body: dict) -> pd.DataFrame:
+    return pd.DataFrame(body["predictions"])
+
+
+@pytest.fixture(scope="module")
+def local_table_model(served):
+    return mlflow.pyfunc.load_model(served["table_uri"])
+
+
+def rows(served, n: int = 12) -> pd.DataFrame:
+    return served["table"].iloc[:n]
+
+
+# -- a table model with string labels --------------------------------------------------------
+def test_dataframe_split_matches_local_pyfunc(served, local_table_model):
+    x = rows(served)[FEATURES]
+    status, body = post(served["table_url"], {"dataframe_split": x.to_dict(orient="split")})
+    assert status == 200, body
+    got = predictions(body)["prediction"].tolist()
+    expected = local_table_model.predict(x)["prediction"].tolist()
+    assert got == expected
+    assert set(got) <= set(LABELS)  # decoded back to the original label strings
+
+
+def test_records_reordered_and_extra_columns(served, local_table_model):
+    x = rows(served)
+    expected = local_table_model.predict(x[FEATURES])["prediction"].tolist()
+    # Columns in another order, plus the id and the label itself and an unknown column.
+    shuffled = x[["color", "label", "height", "id", "age"]].assign(note="ignored")
+    status, body = post(
+        served["table_url"], {"dataframe_records": shuffled.to_dict(orient="records")}
+    )
+    assert status == 200, body
+    assert predictions(body)["prediction"].tolist() == expected
+    status, body = post(served["table_url"], {"dataframe_split": shuffled.to_dict(orient="split")})
+    assert status == 200, body
+    assert predictions(body)["prediction"].tolist() == expected
+
+
+def test_probabilities_when_asked(served, local_table_model):
+    x = rows(served, 5)[FEATURES]
+    status, body = post(
+        served["table_url"],
+        {"dataframe_split": x.to_dict(orient="split"), "params": {"proba": True}},
+    )
+    assert status == 200, body
+    got = predictions(body)
+    proba_columns = [f"proba_{label}" for label in sorted(LABELS)]
+    assert list(got.columns) == ["prediction", *proba_columns]
+    np.testing.assert_allclose(got[proba_columns].sum(axis=1), 1.0, atol=1e-5)
+    expected = local_table_model.predict(x, params={"proba": True})
+    np.testing.assert_allclose(got[proba_columns], expected[proba_columns], rtol=1e-6)
+    # Without the parameter: labels only.
+    status, body = post(served["table_url"], {"dataframe_split": x.to_dict(orient="split")})
+    assert list(predictions(body).columns) == ["prediction"]
+
+
+def test_missing_values_and_fractions_in_an_int_column(served, local_table_model):
+    # `age` is an int column in the file: the served model still takes null (imputed) and
+    # 2.5, exactly like the local pyfunc does, instead of rejecting or truncating them.
+    records = [
+        {"age": None, "height": 30.0, "color": "black"},
+        {"age": 2.5, "height": None, "color": None},
+        {"age": "4", "height": "31.5", "color": "unseen-colour"},
+    ]
+    status, body = post(served["table_url"], {"dataframe_records": records})
+    assert status == 200, body
+    expected = local_table_model.predict(pd.DataFrame(records))["prediction"].tolist()
+    assert predictions(body)["prediction"].tolist() == expected
+
+
+@pytest.mark.parametrize(
+    ("body", "needles"),
+    [
+        (
+            {"dataframe_records": [{"age": 3, "color": "black"}]},
+            ["missing", "height"],
+        ),
+        (
+            {"dataframe_records": [{"age": 3, "height": "tall", "color": "black"}]},
+            ["height", "tall"],
+        ),
+        ({"inputs": [[1.0, 2.0]]}, ["missing"]),
+        ('{"dataframe_records": [', ["JSON"]),
+    ],
+    ids=["missing-column", "garbage-number", "array-for-a-table", "broken-json"],
+)
+def test_bad_payload_is_a_readable_400_and_the_server_keeps_serving(served, body, needles):
+    status, error = post(served["table_url"], body)
+    assert 400 <= status < 500, (status, error)
+    message = error.get("message", "")
+    for needle in needles:
+        assert needle in message, message
+    assert "Traceback" not in json.dumps(error)
+    assert "stack_trace" not in error
+    # The next good request is answered.
+    x = rows(served, 2)[FEATURES]
+    status, body = post(served["table_url"], {"dataframe_split": x.to_dict(orient="split")})
+    assert status == 200, body
+
+
+# -- an array model (8x8 digits, flattened) --------------------------------------------------
+def test_array_model_served_with_inputs(served):
+    from sklearn.datasets import load_digits
+
+    images = load_digits().images[:6].reshape(6, -1)  # integer pixel values, as users have them
+    status, body = post(served["digits_url"], {"inputs": images.astype(int).tolist()})
+    assert status == 200, body
+    local = mlflow.pyfunc.load_model(served["digits_uri"])
+    expected = local.predict(images.astype(np.float32))["prediction"].tolist()
+    assert predictions(body)["prediction"].tolist() == expected
+    status, body = post(
+        served["digits_url"], {"inputs": images[:2].tolist(), "params": {"proba": True}}
+    )
+    assert status == 200, body
+    assert predictions(body).filter(like="proba_").shape == (2, 10)
+    status, error = post(served["digits_url"], {"inputs": [[0.0] * 10]})
+    assert status == 400
+    assert "shape" in error["message"].lower(), error
+    status, body = post(served["digits_url"], {"inputs": images[:1].tolist()})
+    assert status == 200, body
+
+
+# -- sweep serve: its one-line errors --------------------------------------------------------
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["model=models:/no_such_model@champion"], "no_such_model not found"),
+        (["model=models:/m-0123456789abcdef"], "not found"),
+        (["port=http"], "port=http: must be an integer"),
+        (["colour=blue"], "colour: unknown option"),
+    ],
+)
+def test_serve_errors_are_one_line(served, capsys, args, needle):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", served["uri"])
+        code = cli.main(["serve", *args])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert needle in err
+    assert len(err.splitlines()) == 1, err
+
+
+def test_serve_refuses_a_busy_port(served, capsys):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", served["uri"])
+        code = cli.main(["serve", f"model={served['table_uri']}", f"port={served['table_port']}"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert f"127.0.0.1:{served['table_port']}" in err and "port=" in err
+
+
+def test_serve_default_is_the_champion_of_the_default_study(served, capsys):
+    # No model registered under the default study's name in this store: a clear error that
+    # names the URI it tried.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", served["uri"])
+        code = cli.main(["serve"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert champion_uri() in err and champion_uri().endswith("@champion")
+
+
+def test_missing_store_is_not_created(tmp_path, capsys):
+    db = tmp_path / "nowhere.db"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
+        code = cli.main(["serve", "model=models:/x@champion"])
+    assert code == 2
+    assert "no MLflow store" in capsys.readouterr().err
+    assert not db.exists()
