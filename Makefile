@@ -12,7 +12,7 @@ ARGS ?=
 HOST ?= 127.0.0.1
 PORT ?= 5000
 
-.PHONY: install train sweep test lint ui clean help
+.PHONY: install train sweep worker check tracking-server test lint ui clean help
 
 help:
 	@echo "make sweep | train | test | ui | lint | clean   (ARGS=\"hydra overrides\")"
@@ -39,6 +39,16 @@ lint: $(STAMP)
 	$(BIN)/ruff check sweep tests
 	$(BIN)/ruff format --check sweep tests
 
+worker: $(STAMP)
+	$(BIN)/sweep worker $(ARGS)
+
+check: $(STAMP)
+	$(BIN)/sweep check $(ARGS)
+
+# MLflow tracking server with a PostgreSQL backend store (for several machines).
+tracking-server: $(STAMP)
+	$(BIN)/sweep tracking-server $(ARGS)
+
 ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri $${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db} --host $(HOST) --port $(PORT)
 
@@ -59,3 +69,19 @@ predict: $(STAMP)
 
 rerun: $(STAMP)
 	$(BIN)/sweep rerun $(RUN) $(ARGS)
+
+# Compare and report (sweep.compare, sweep.report). make compare ARGS="experiments=[a,b]";
+# make report STUDY=name (or ARGS="study.name=name ...") writes dashboards/generated/<study>.html;
+# make optuna-dashboard [ARGS="study overrides"] serves optuna-dashboard over the study storage.
+.PHONY: compare report optuna-dashboard
+STUDY ?=
+DASHBOARD_PORT ?= 8080
+
+compare: $(STAMP)
+	$(BIN)/sweep compare $(ARGS)
+
+report: $(STAMP)
+	$(BIN)/sweep report $(if $(STUDY),study.name=$(STUDY)) $(ARGS)
+
+optuna-dashboard: $(STAMP)
+	$(BIN)/sweep optuna-dashboard --host $(HOST) --port $(DASHBOARD_PORT) $(ARGS)

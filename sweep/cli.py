@@ -24,6 +24,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "join an existing study and run its trials: sweep worker [hydra overrides]",
         "sweep.workers:worker_command",
     ),
+    "tracking-server": (
+        "MLflow tracking server on PostgreSQL: sweep tracking-server [backend=URL] "
+        "[artifacts=DIR] [host=127.0.0.1] [port=5000]",
+        "sweep.server:server_command",
+    ),
     "check": (
         "compare a study in Optuna with its runs in MLflow: sweep check study.name=...",
         "sweep.check:check_command",
@@ -109,15 +114,19 @@ def _print_run_summary(result, cfg) -> None:
 def main(argv: list[str] | None = None) -> int:
     from sweep.errors import SweepError
 
-    args = _parser().parse_args(argv)
-    if args.args[:1] in (["-h"], ["--help"]):
-        print(f"sweep {args.command}: {COMMANDS[args.command][0]}")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] not in COMMANDS:
+        _parser().parse_args(argv)  # prints help, or the usage error and exits 2
+        return 2
+    command, rest = argv[0], argv[1:]
+    if rest[:1] in (["-h"], ["--help"]):
+        print(f"sweep {command}: {COMMANDS[command][0]}")
         return 0
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-    module_name, function_name = COMMANDS[args.command][1].split(":")
+    module_name, function_name = COMMANDS[command][1].split(":")
     handler = getattr(importlib.import_module(module_name), function_name)
     try:
-        return handler(list(args.args))
+        return handler(rest)
     except SweepError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -43,6 +43,8 @@ def setup(uri: str | None) -> str:
 
     for name in ("alembic", "mlflow.store.db.utils", "mlflow.tracking.fluent"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # One "View run at <url>" line per run drowns a study's output; we print our own summary.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     resolved = resolve_tracking_uri(uri)
     mlflow.set_tracking_uri(resolved)
     return resolved
@@ -195,7 +197,7 @@ def open_run(
         experiment_id=experiment_id,
         run_name=run_name,
         parent_run_id=parent_run_id,
-        tags={**run_context_tags(), **(tags or {})},
+        tags={k: str(v) for k, v in {**run_context_tags(), **(tags or {})}.items()},
     )
     recorder = Recorder(run.info.run_id)
     status = "FINISHED"

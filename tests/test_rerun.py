@@ -115,6 +115,10 @@ def test_group_override_switches_a_whole_config_group(store):
     assert changed.model.name == "cnn" and changed.model.channels == 4
     assert changed.optimizer.lr == 0.01
     assert changed.data == cfg.data  # untouched groups keep the logged values
+    # A switched group composes with the keys given for it (data=csv needs data.path).
+    table = apply_overrides(cfg, ["data=csv", "data.path=t.csv", "data.target=y"])
+    assert (table.data.name, table.data.path, table.data.target) == ("csv", "t.csv", "y")
+    assert table.data.max_categories == 50  # the option's defaults from conf/data/csv.yaml
     with pytest.raises(ConfigError, match=r"model\.nope: unknown key"):
         apply_overrides(cfg, ["model.nope=1"])
     with pytest.raises(ConfigError, match="not a sweep"):

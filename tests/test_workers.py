@@ -234,3 +234,101 @@ def test_sigterm_stops_cleanly_and_the_same_command_resumes(tracked, tmp_path):
     study = _assert_complete(name, 3)
     # The interrupted trial's point was not lost: it was retried.
     assert any(t.user_attrs.get("retry_of") == interrupted[0].number for t in study.trials)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_http(url: str, timeout: float = 90.0) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise AssertionError(f"{url} did not answer within {timeout} s")
+
+
+@pytest.mark.postgres
+def test_multi_machine_recipe_tracking_server_postgres_and_a_joining_worker(tmp_path, postgres_url):
+    """The README recipe: tracking server on PostgreSQL, a coordinator, a second worker
+    joining by study name, `sweep check` clean - every process talks over the network."""
+    backend = postgres_url.rsplit("/", 1)[0] + f"/{postgres_url.rsplit('/', 1)[1]}_mlflow"
+    port = _free_port()
+    uri = f"http://127.0.0.1:{port}"
+    server = _start(
+        ["tracking-server", f"backend={backend}", f"artifacts={tmp_path / 'art'}", f"port={port}"],
+        tmp_path,
+        uri,
+    )
+    overrides = [
+        "data=synthetic",
+        "search=tiny",
+        "trainer.max_epochs=3",
+        "storage=postgres",
+        f"storage.url={postgres_url}",
+        "tracking=server",
+        "study.name=multi",
+        "study.n_trials=6",
+        "champion.k=1",
+        "champion.seeds=1",
+    ]
+    try:
+        _wait_http(f"{uri}/health")
+        coordinator = _start(["tune", *overrides], tmp_path, uri)
+        _wait_for_running_trial("multi", overrides[3:6])
+        worker = _start(["worker", *overrides], tmp_path, uri)
+        _out, err = coordinator.communicate(timeout=400)
+        assert coordinator.returncode == 0, err[-3000:]
+        _out, werr = worker.communicate(timeout=120)
+        assert worker.returncode == 0, werr[-3000:]
+        check = subprocess.run(
+            [sys.executable, "-m", "sweep", "check", *overrides],
+            cwd=tmp_path,
+            env=cli_env(uri),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert check.returncode == 0, check.stdout + check.stderr
+        import mlflow
+        from mlflow.tracking import MlflowClient
+
+        mlflow.set_tracking_uri(uri)
+        study = _load("multi", overrides[3:6])
+        workers = {t.user_attrs["worker"] for t in study.trials}
+        assert len(workers) == 2, workers  # the joining worker took trials too
+        version = MlflowClient(tracking_uri=uri).get_model_version_by_alias("multi", "champion")
+        assert version.source  # the champion model went through the server's artifact store
+        assert (tmp_path / "art").exists()
+    finally:
+        for proc in [p for p in locals().values() if isinstance(p, subprocess.Popen)]:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+        _drop_database(backend)
+
+
+def _drop_database(url: str) -> None:
+    import psycopg
+
+    base, _, name = url.rpartition("/")
+    with psycopg.connect(f"{base}/postgres", autocommit=True) as conn:
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = %s AND pid <> pg_backend_pid()",
+            (name,),
+        )
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')

@@ -1,0 +1,85 @@
+"""``sweep tracking-server``: MLflow's tracking server over a PostgreSQL backend store.
+
+For studies that span machines: every worker logs through the server (runs, metrics
+and, with ``--serve-artifacts``, model files), so no machine needs the others' disks.
+Bound to 127.0.0.1 unless ``host=`` says otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from sweep.errors import ConfigError
+
+DEFAULTS = {
+    "backend": os.environ.get(
+        "MLFLOW_BACKEND_STORE_URI", "postgresql://postgres@127.0.0.1:5432/mlflow"
+    ),
+    "artifacts": "mlartifacts",
+    "host": "127.0.0.1",
+    "port": "5000",
+}
+
+
+def parse_options(args: list[str], defaults: dict[str, str]) -> dict[str, str]:
+    """``key=value`` arguments over ``defaults``; unknown keys are an error."""
+    options = dict(defaults)
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if not sep or key not in defaults:
+            raise ConfigError(f"{arg}: expected one of {', '.join(k + '=...' for k in defaults)}")
+        options[key] = value
+    return options
+
+
+def ensure_database(url: str) -> None:
+    """Create the PostgreSQL database named in ``url`` if it does not exist yet."""
+    import psycopg
+
+    from sweep.tracking import redact
+
+    url = re.sub(r"^postgresql\+\w+://", "postgresql://", url)
+    base, _, name = url.rpartition("/")
+    name = name.split("?", 1)[0]
+    try:
+        with psycopg.connect(f"{base}/postgres", autocommit=True, connect_timeout=5) as conn:
+            exists = conn.execute(
+                "SELECT 1 FROM pg_database WHERE datname = %s", (name,)
+            ).fetchone()
+            if not exists:
+                conn.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.Error as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise ConfigError(f"backend={redact(url)}: cannot reach PostgreSQL: {first}") from None
+
+
+def server_command(args: list[str]) -> int:
+    options = parse_options(args, DEFAULTS)
+    backend = options["backend"]
+    if backend.startswith("postgresql"):
+        ensure_database(backend)
+    artifacts = Path(options["artifacts"]).resolve()
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        backend,
+        "--artifacts-destination",
+        str(artifacts),
+        "--host",
+        options["host"],
+        "--port",
+        options["port"],
+    ]
+    print(
+        f"MLflow tracking server on http://{options['host']}:{options['port']} "
+        f"(artifacts in {artifacts})",
+        flush=True,
+    )
+    return subprocess.call(command)
