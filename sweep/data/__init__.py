@@ -9,23 +9,22 @@ from sweep.data.base import CLASSIFICATION, REGRESSION, Dataset, Preprocessor
 __all__ = ["CLASSIFICATION", "REGRESSION", "Dataset", "Preprocessor", "load_dataset"]
 
 
+#: Loaders by ``data.name`` as "module:function"; each takes ``(data_cfg, split_seed)`` and
+#: returns a :class:`Dataset`. Imported lazily: only the chosen one pays its imports.
+LOADERS: dict[str, str] = {
+    "mnist1d": "sweep.data.sources:load_mnist1d",
+    "digits": "sweep.data.sources:load_digits",
+    "synthetic": "sweep.data.sources:load_synthetic",
+    "csv": "sweep.data.table:load_table",
+}
+
+
 def load_dataset(data_cfg: Any) -> Dataset:
     """Load, split (by ``data_cfg.split_seed``) and preprocess the data set ``data_cfg.name``."""
-    name, seed = data_cfg.name, int(data_cfg.split_seed)
-    if name == "mnist1d":
-        from sweep.data.sources import load_mnist1d
+    import importlib
 
-        return load_mnist1d(data_cfg, seed)
-    if name == "digits":
-        from sweep.data.sources import load_digits
-
-        return load_digits(data_cfg, seed)
-    if name == "synthetic":
-        from sweep.data.sources import load_synthetic
-
-        return load_synthetic(data_cfg, seed)
-    if name == "csv":
-        from sweep.data.table import load_table
-
-        return load_table(data_cfg, seed)
-    raise ValueError(f"unknown data set {name!r}")  # config validation rejects it earlier
+    name = data_cfg.name
+    if name not in LOADERS:
+        raise ValueError(f"unknown data set {name!r}")  # config validation rejects it earlier
+    module, function = LOADERS[name].split(":")
+    return getattr(importlib.import_module(module), function)(data_cfg, int(data_cfg.split_seed))

@@ -87,15 +87,19 @@ class CNN(nn.Module):
         return self.head(self.features(x.unsqueeze(1)))
 
 
+#: Network classes by ``model.name``. A new model: a class taking
+#: ``(input_shape, num_outputs, **model_cfg)``, an entry here, conf/model/<name>.yaml, and
+#: its key rules in ``sweep.config.SCHEMAS["model"]``.
+NETWORKS: dict[str, type[nn.Module]] = {"mlp": MLP, "cnn": CNN}
+
+
 def build_network(model_cfg: Any, input_shape: tuple[int, ...], num_outputs: int) -> nn.Module:
-    """Build the network named by ``model_cfg.name`` for the data's shapes."""
+    """Build the network named by ``model_cfg["name"]`` for the data's shapes."""
     params = {k: v for k, v in dict(model_cfg).items() if k != "name"}
     name = model_cfg["name"]
-    if name == "mlp":
-        return MLP(input_shape, num_outputs, **params)
-    if name == "cnn":
-        return CNN(input_shape, num_outputs, **params)
-    raise ValueError(f"unknown model {name!r}")
+    if name not in NETWORKS:
+        raise ValueError(f"unknown model {name!r}")
+    return NETWORKS[name](input_shape, num_outputs, **params)
 
 
 def count_parameters(network: nn.Module) -> int:
