@@ -12,7 +12,7 @@ ARGS ?=
 HOST ?= 127.0.0.1
 PORT ?= 5000
 
-.PHONY: install train sweep worker check tracking-server test lint ui clean help
+.PHONY: install train sweep worker check tracking-server bench test lint ui clean help
 
 help:
 	@echo "make sweep | train | test | ui | lint | clean   (ARGS=\"hydra overrides\")"
@@ -48,6 +48,10 @@ check: $(STAMP)
 # MLflow tracking server with a PostgreSQL backend store (for several machines).
 tracking-server: $(STAMP)
 	$(BIN)/sweep tracking-server $(ARGS)
+
+# Benchmarks (a few minutes): writes bench/results.md and the README's table.
+bench: $(STAMP)
+	$(BIN)/python -m sweep.benchmarks $(ARGS)
 
 ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri $${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db} --host $(HOST) --port $(PORT)

@@ -444,14 +444,12 @@ def summary(
             include_parents=True,
             tags=CHAMPION_TAGS,
         )
-    out = []
-    keys = frame[["experiment", "study"]].astype(object).drop_duplicates()
-    for experiment, study in keys.itertuples(index=False):
-        group = frame[
-            (frame["experiment"] == experiment)
-            & (frame["study"].isna() if study is None else frame["study"] == study)
-        ]
-        out.append(_summarise(experiment, study, group))
+    out = [
+        _summarise(experiment, None if _isna(study) else str(study), group)
+        for (experiment, study), group in frame.groupby(
+            ["experiment", "study"], dropna=False, sort=True
+        )
+    ]
     return pd.DataFrame(out, columns=list(SUMMARY_COLUMNS))
 
 

@@ -1,0 +1,190 @@
+"""Search efficiency: our study vs the same search run the way lightning-hydra-template
+runs it (Hydra's Optuna sweeper: no pruning; Lightning's default Trainer with a
+DataLoader, checkpoint files and its MLflow logger; test with the best checkpoint).
+
+Same space (conf/search/default.yaml), same TPE seed, same trial budget, same data.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from sweep.benchmarks.common import workdir
+
+TARGET_VAL_ACC = 0.80
+
+
+def _time_to_target(study, started: float, target: float) -> float | None:
+    done = sorted(
+        (t for t in study.trials if t.value is not None and t.datetime_complete),
+        key=lambda t: t.datetime_complete,
+    )
+    for trial in done:
+        if trial.value >= target:
+            return trial.datetime_complete.timestamp() - started
+    return None
+
+
+def _best_test(study) -> float:
+    best = study.best_trial
+    return float(best.user_attrs.get("test/acc", float("nan")))
+
+
+def ours(n_trials: int, seed: int) -> dict[str, Any]:
+    from sweep.check import load_study
+    from sweep.study import tune
+
+    with workdir("ours"):
+        overrides = [
+            "search=default",
+            "sampler=tpe",
+            f"study.seed={seed}",
+            "pruner=median",
+            f"study.n_trials={n_trials}",
+            "champion.k=0",
+            "study.name=ours",
+        ]
+        started = time.time()
+        tune(overrides, progress=False)
+        wall = time.time() - started
+        study, _ = load_study(overrides)
+        states = [t.state.name for t in study.trials]
+        return {
+            "wall_s": wall,
+            "to_target_s": _time_to_target(study, started, TARGET_VAL_ACC),
+            "best_val": study.best_value,
+            "best_test": _best_test(study),
+            "pruned": states.count("PRUNED"),
+        }
+
+
+class _LoggedTask:
+    """Factory for a Task subclass that logs through Lightning's logger, as the template's
+    LightningModules do (self.log on_epoch with the MLFlowLogger attached)."""
+
+    @staticmethod
+    def make(**kwargs):
+        from sweep.models.task import Task
+
+        class LoggedTask(Task):
+            def training_step(self, batch, batch_idx):
+                loss = super().training_step(batch, batch_idx)
+                self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True)
+                return loss
+
+            def on_validation_epoch_end(self):
+                super().on_validation_epoch_end()
+                metrics = {k: v for k, v in self.epoch_metrics.items() if k.startswith("val/")}
+                self.log_dict(metrics, on_epoch=True, prog_bar=True)
+
+            def on_test_epoch_end(self):
+                super().on_test_epoch_end()
+                self.log_dict(self.test_metrics, on_epoch=True)
+
+        return LoggedTask(**kwargs)
+
+
+def baseline(n_trials: int, seed: int) -> dict[str, Any]:
+    import lightning as L
+    import optuna
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    from sweep import config as config_mod
+    from sweep.data.module import ArrayDataModule
+    from sweep.models.networks import build_network
+    from sweep.space import base_params, parse_space, suggest, to_overrides
+    from sweep.train import load_data, monitor_of, quiet_lightning
+
+    quiet_lightning()
+    with workdir("baseline") as tmp:
+        base = config_mod.compose("sweep", ["search=default"])
+        params = parse_space(base.search)
+
+        def objective(trial):
+            sampled = suggest(trial, params, base)
+            overrides = ["search=default", *to_overrides(params, sampled)]
+            cfg = config_mod.run_part(config_mod.compose("sweep", overrides))
+            dataset = load_data(cfg)
+            monitor, mode = monitor_of(cfg, dataset.task)
+            L.seed_everything(int(cfg.seed), verbose=False)
+            task = _LoggedTask.make(
+                network=build_network(cfg.model, dataset.input_shape, dataset.num_outputs),
+                task=dataset.task,
+                num_outputs=dataset.num_outputs,
+                optimizer=config_mod.to_container(cfg.optimizer),
+                scheduler=config_mod.to_container(cfg.scheduler),
+                max_epochs=int(cfg.trainer.max_epochs),
+                monitor=monitor,
+                mode=mode,
+            )
+            dm = ArrayDataModule(dataset, int(cfg.data.batch_size), int(cfg.seed), "dataloader")
+            checkpoint = ModelCheckpoint(
+                dirpath=tmp / "ckpt" / str(trial.number), monitor=monitor, mode=mode
+            )
+            es = cfg.trainer.early_stopping
+            trainer = L.Trainer(
+                max_epochs=int(cfg.trainer.max_epochs),
+                accelerator="auto",
+                devices=1,
+                logger=MLFlowLogger(
+                    experiment_name="baseline", tracking_uri=f"sqlite:///{tmp}/mlflow.db"
+                ),
+                callbacks=[
+                    checkpoint,
+                    EarlyStopping(monitor=monitor, mode=mode, patience=int(es.patience)),
+                ],
+                enable_progress_bar=False,
+                deterministic=True,
+                default_root_dir=tmp,
+            )
+            trainer.fit(task, datamodule=dm)
+            trainer.test(task, datamodule=dm, ckpt_path="best", verbose=False)
+            trial.set_user_attr("test/acc", task.test_metrics["test/acc"])
+            return float(checkpoint.best_model_score)
+
+        optuna.logging.set_verbosity(optuna.logging.ERROR)
+        study = optuna.create_study(
+            direction="maximize",
+            sampler=optuna.samplers.TPESampler(
+                n_startup_trials=5, multivariate=True, group=True, seed=seed
+            ),
+        )
+        study.enqueue_trial(
+            {
+                k: v
+                for k, v in {"model": "mlp", "optimizer.lr": 0.003, "data.batch_size": 100}.items()
+            }
+        )
+        started = time.time()
+        study.optimize(objective, n_trials=n_trials)
+        wall = time.time() - started
+        return {
+            "wall_s": wall,
+            "to_target_s": _time_to_target(study, started, TARGET_VAL_ACC),
+            "best_val": study.best_value,
+            "best_test": _best_test(study),
+            "pruned": 0,
+        }
+
+
+def run(n_trials: int = 20, seed: int = 0) -> dict[str, Any]:
+    import torch
+
+    from sweep.optuna_parts import env_threads
+
+    torch.set_num_threads(env_threads(1))
+    base = baseline(n_trials, seed)
+    mine = ours(n_trials, seed)
+    return {
+        "n_trials": n_trials,
+        "target": TARGET_VAL_ACC,
+        "ours": mine,
+        "baseline": base,
+        "speedup": base["wall_s"] / mine["wall_s"],
+    }
+
+
+if __name__ == "__main__":
+    print(run())

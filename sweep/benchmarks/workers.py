@@ -1,0 +1,67 @@
+"""1 vs 2 local workers on the same study shape: trials per minute, measured from the
+trials' own start and end times (steady state) and from the command's wall time."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from typing import Any
+
+from sweep.benchmarks.common import workdir
+
+OVERRIDES = [
+    "data=mnist1d",
+    "search=default",
+    "sampler=random",
+    "pruner=none",
+    "trainer.max_epochs=10",
+    "trainer.early_stopping.enabled=false",
+    "champion.k=0",
+]
+
+
+def _measure(n_workers: int, n_trials: int) -> dict[str, float]:
+    from sweep.check import load_study
+
+    with workdir(f"workers{n_workers}") as tmp:
+        overrides = [
+            *OVERRIDES,
+            f"study.n_workers={n_workers}",
+            f"study.n_trials={n_trials}",
+            "study.name=throughput",
+        ]
+        started = time.time()
+        subprocess.run(
+            [sys.executable, "-m", "sweep", "tune", *overrides],
+            cwd=tmp,
+            check=True,
+            capture_output=True,
+        )
+        wall = time.time() - started
+        study, _ = load_study(overrides)
+        trials = [t for t in study.trials if t.datetime_complete]
+        first = min(t.datetime_start for t in trials)
+        last = max(t.datetime_complete for t in trials)
+        span = (last - first).total_seconds()
+        return {
+            "trials_per_min": 60 * len(trials) / span,
+            "wall_s": wall,
+            "wall_trials_per_min": 60 * len(trials) / wall,
+        }
+
+
+def run(n_trials: int = 12) -> dict[str, Any]:
+    one = _measure(1, n_trials)
+    two = _measure(2, n_trials)
+    return {
+        "n_trials": n_trials,
+        "one": one,
+        "two": two,
+        "ratio": two["trials_per_min"] / one["trials_per_min"],
+        "wall_ratio": two["wall_trials_per_min"] / one["wall_trials_per_min"],
+    }
+
+
+if __name__ == "__main__":
+    print(run())
