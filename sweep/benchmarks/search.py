@@ -151,12 +151,7 @@ def baseline(n_trials: int, seed: int) -> dict[str, Any]:
                 n_startup_trials=5, multivariate=True, group=True, seed=seed
             ),
         )
-        study.enqueue_trial(
-            {
-                k: v
-                for k, v in {"model": "mlp", "optimizer.lr": 0.003, "data.batch_size": 100}.items()
-            }
-        )
+        study.enqueue_trial(base_params(params, base))  # as our study does
         started = time.time()
         study.optimize(objective, n_trials=n_trials)
         wall = time.time() - started
