@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import shutil
 import sys
@@ -29,9 +28,10 @@ sys.path.insert(0, str(ROOT))
 def fill(uri: str, n_runs: int, n_studies: int, workers: int = 1) -> float:
     """Write ``n_runs`` trial runs spread over ``n_studies`` studies; seconds taken.
 
-    MLflow's write path costs ~15 ms of CPU per run here, so studies are written by
-    ``workers`` processes at once (each its own studies; sqlite serialises the short
-    write transactions, the Python work runs in parallel).
+    MLflow's write path costs ~15-20 ms of CPU per run (three calls: create_run with the
+    tags, one log_batch with params and metrics, set_terminated). ``workers`` > 1 writes
+    studies from several processes; on the 2-core dev machine that was slower (the
+    processes queue on sqlite's write lock), hence the default of 1.
     """
     from concurrent.futures import ProcessPoolExecutor
 
@@ -147,7 +147,9 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=10_000)
     parser.add_argument("--studies", type=int, default=10)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--workers", type=int, default=1, help="fill processes (sqlite locks: 1 is fastest)")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="fill processes (sqlite locks: 1 is fastest)"
+    )
     parser.add_argument("--keep", help="keep the store in this folder (reused if filled)")
     args = parser.parse_args()
 

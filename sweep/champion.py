@@ -12,6 +12,7 @@ from sweep import config as config_mod
 from sweep.space import to_overrides
 
 CHAMPION_ATTR = "champion"
+RERUNS_ATTR = "champion_reruns"
 ALIAS = "champion"
 
 
@@ -42,7 +43,15 @@ def select_champion(study, spec, parent_run_id: str) -> dict[str, Any] | None:
     if not top:
         return None
     seeds = [int(spec.cfg.seed) + 1000 + i for i in range(int(champion_cfg.seeds))]
-    scored = [_rerun(trial, spec, parent_run_id, seeds) for trial in top]
+    # Re-runs of a candidate are kept in the study: a resumed study re-trains only new ones.
+    cache = dict(study.user_attrs.get(RERUNS_ATTR, {}))
+    scored = []
+    for trial in top:
+        key = f"{trial.number}:{','.join(map(str, seeds))}"
+        if key not in cache:
+            cache[key] = _rerun(trial, spec, parent_run_id, seeds)
+            study.set_user_attr(RERUNS_ATTR, cache)
+        scored.append(cache[key])
     maximize = spec.monitor not in ("val/loss", "val/mae")
     best = max(scored, key=lambda s: s["val_mean"] if maximize else -s["val_mean"])
     registered = _register(best, spec, champion_cfg.get("registered_name") or spec.name)

@@ -28,10 +28,12 @@ from sweep.errors import ConfigError
 if TYPE_CHECKING:
     import pandas as pd
 
-#: Runs per ``search_runs`` page. MLflow accepts up to 50,000 (SEARCH_MAX_RESULTS_THRESHOLD),
-#: but the sqlite store then loads a page's inputs/outputs with one ``IN (...)`` list per
-#: page; 10,000 keeps that list well under SQLite's bound-variable limit (32,766) and
-#: costs one extra round trip per 10,000 runs, which is nothing next to the load itself.
+#: Runs per ``search_runs`` page. MLflow accepts up to 50,000 (checked in 3.17:
+#: SEARCH_MAX_RESULTS_THRESHOLD; its default is 1,000). The sqlite store loads a page in
+#: one ORM session (~65 objects per run) and looks up the page's inputs/outputs with one
+#: ``IN (...)`` list of its run ids, so a page must stay under SQLite's bound-variable
+#: limit (32,766 by default since 3.32). 10,000 keeps memory bounded; the page count
+#: made no measurable difference to the time for 10,000 runs.
 PAGE_SIZE = 10_000
 
 #: Columns every row has, before the params and metrics.
@@ -51,6 +53,12 @@ BASE_COLUMNS = (
     "pruned_epoch",
     "error",
 )
+
+#: Row order within an experiment: the parent, trials and plain runs, champion re-runs.
+ROLE_ORDER = {"study": 0, "trial": 1, "run": 1, "champion_rerun": 2}
+#: DataFrame.attrs keys naming the param and metric columns of a runs() frame.
+PARAMS_ATTR = "sweep.params"
+METRICS_ATTR = "sweep.metrics"
 
 #: Metrics logged once per run (summaries), not per epoch: left out of history() by default.
 SUMMARY_PREFIXES = ("best/", "test/", "champion/", "trials/")
@@ -254,8 +262,6 @@ def runs(
 
 
 def _row(run, names: dict[str, str]) -> dict[str, Any]:
-    import pandas as pd
-
     info, tags = run.info, run.data.tags
     role = tags.get("sweep.role")
     trial = tags.get("trial.number") or tags.get("champion.source_trial")
@@ -272,7 +278,7 @@ def _row(run, names: dict[str, str]) -> dict[str, Any]:
         "run_id": info.run_id,
         "run_name": info.run_name,
         "parent_run_id": tags.get("mlflow.parentRunId"),
-        "start": pd.Timestamp(info.start_time, unit="ms", tz="UTC") if info.start_time else None,
+        "start": info.start_time,  # ms; converted for all rows at once in _frame
         "duration_s": (end - info.start_time) / 1000 if end and info.start_time else None,
         "monitor": tags.get("monitor"),
         "mode": tags.get("mode"),
@@ -288,7 +294,7 @@ def _frame(
     base["trial"] = base["trial"].astype("Int64")
     base["pruned_epoch"] = base["pruned_epoch"].astype("Int64")
     base["duration_s"] = base["duration_s"].astype(float)
-    base["start"] = pd.to_datetime(base["start"], utc=True)
+    base["start"] = pd.to_datetime(base["start"].astype("Int64"), unit="ms", utc=True)
     # One frame per kind, built column-wise by pandas from the dicts: far faster than
     # growing rows, and a key missing from a run is simply missing (NaN / NA).
     param_frame = pd.DataFrame.from_records(params) if params else pd.DataFrame()
@@ -298,19 +304,29 @@ def _frame(
     typed_params = {col: typed(param_frame[col]) for col in param_frame.columns}
     taken = {*BASE_COLUMNS, *tag_columns}
     columns: dict[str, pd.Series] = {}
+    param_names, metric_names = set(), set()
     for col, values in typed_params.items():
         name = col if col not in taken else f"params.{col}"
         columns[name] = values
         taken.add(name)
+        param_names.add(name)
     for col in metric_frame.columns:
         name = col if col not in taken else f"metrics.{col}"
         columns[name] = metric_frame[col].astype(float)
         taken.add(name)
+        metric_names.add(name)
     extra = pd.DataFrame(columns, index=base.index) if columns else None
     frame = base if extra is None else pd.concat([base, extra], axis=1)
-    return frame.sort_values(
-        ["experiment", "study", "role", "trial", "start"], na_position="last", kind="stable"
-    ).reset_index(drop=True)
+    # Parent first, then trials (and plain runs) by number, then the champion re-runs.
+    frame["_rank"] = frame["role"].map(ROLE_ORDER).fillna(1)
+    frame = frame.sort_values(
+        ["experiment", "study", "_rank", "trial", "start"], na_position="last", kind="stable"
+    )
+    frame = frame.drop(columns="_rank").reset_index(drop=True)
+    # Which column came from where (a metric may lack a slash, "lr"; a param a dot, "seed").
+    frame.attrs[PARAMS_ATTR] = [c for c in frame.columns if c in param_names]
+    frame.attrs[METRICS_ATTR] = [c for c in frame.columns if c in metric_names]
+    return frame
 
 
 def _metric_order(key: str) -> tuple[int, str]:
@@ -322,19 +338,26 @@ def _metric_order(key: str) -> tuple[int, str]:
 
 
 def param_columns(frame: pd.DataFrame) -> list[str]:
-    """The param columns of a :func:`runs` frame (config keys: contain a dot, no slash)."""
-    return [
-        c
-        for c in frame.columns
-        if c not in BASE_COLUMNS and "/" not in c and not c.startswith("tag.")
-    ]
+    """The param columns of a :func:`runs` frame (``model.width``, ``seed``, ...)."""
+    if PARAMS_ATTR in frame.attrs:  # kept by pandas through filtering and head()
+        return [c for c in frame.attrs[PARAMS_ATTR] if c in frame.columns]
+    return [c for c in _other_columns(frame) if not _looks_like_metric(c)]
 
 
 def metric_columns(frame: pd.DataFrame) -> list[str]:
-    """The metric columns of a :func:`runs` frame (``val/acc``, ``test/f1``, ...)."""
-    return [
-        c for c in frame.columns if c not in BASE_COLUMNS and "/" in c and not c.startswith("tag.")
-    ]
+    """The metric columns of a :func:`runs` frame (``val/acc``, ``test/f1``, ``lr``, ...)."""
+    if METRICS_ATTR in frame.attrs:
+        return [c for c in frame.attrs[METRICS_ATTR] if c in frame.columns]
+    return [c for c in _other_columns(frame) if _looks_like_metric(c)]
+
+
+def _other_columns(frame: pd.DataFrame) -> list[str]:
+    return [c for c in frame.columns if c not in BASE_COLUMNS and not c.startswith("tag.")]
+
+
+def _looks_like_metric(column: str) -> bool:
+    # Fallback when a frame lost its attrs (e.g. after a merge): sweep's metric names.
+    return "/" in column or column in ("lr", *SUMMARY_KEYS)
 
 
 def varying_params(frame: pd.DataFrame) -> list[str]:

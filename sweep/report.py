@@ -117,7 +117,7 @@ def build_report(
     path = out / f"{name}.html"
     path.write_text(html, encoding="utf-8")
     if log_to_mlflow:
-        log_report(study, path)
+        log_report(study, path, tracking_uri)
     return path
 
 
@@ -162,7 +162,7 @@ def load_study(name: str, storage_url: str) -> optuna.Study:
         ) from None
 
 
-def log_report(study: optuna.Study, path: Path) -> str | None:
+def log_report(study: optuna.Study, path: Path, tracking_uri: str | None = None) -> str | None:
     """Log the report to the study's parent MLflow run; its run id (None: no parent run)."""
     from mlflow.tracking import MlflowClient
 
@@ -172,7 +172,7 @@ def log_report(study: optuna.Study, path: Path) -> str | None:
     if not run_id:
         print("note: the study has no parent MLflow run; report not logged", file=sys.stderr)
         return None
-    MlflowClient().log_artifact(run_id, str(path), "report")
+    MlflowClient(tracking_uri=tracking_uri).log_artifact(run_id, str(path), "report")
     return run_id
 
 
@@ -242,8 +242,10 @@ def _view(study: optuna.Study, experiment: str, tracking_uri: str, storage: str)
             include_parents=True,
             tags=compare.CHAMPION_TAGS,
         )
-    except ConfigError as exc:  # the experiment is gone or elsewhere: Optuna's side still shows
-        notes.append(f"MLflow: {exc}")
+    except Exception as exc:  # no experiment, or no server: Optuna's side of the page still shows
+        from sweep.tracking import one_line
+
+        notes.append(f"MLflow: {exc if isinstance(exc, ConfigError) else one_line(exc)}")
         frame = pd.DataFrame(columns=list(compare.BASE_COLUMNS))
     objectives = _objectives(study, frame)
     monitors = frame.loc[frame["role"] == "trial", "monitor"].dropna() if len(frame) else []
@@ -263,7 +265,11 @@ def _objectives(study: optuna.Study, frame: pd.DataFrame) -> list[tuple[str, str
         logged = str(values.iloc[-1]) if len(values) else None
     names = [item.rsplit(":", 1)[0] for item in logged.split(",")] if logged else []
     if len(names) != len(directions):
-        names = ["value"] if len(directions) == 1 else [f"objective {i}" for i in directions]
+        names = (
+            ["value"]
+            if len(directions) == 1
+            else [f"objective {i}" for i, _ in enumerate(directions)]
+        )
     return list(zip(names, directions, strict=True))
 
 
@@ -522,7 +528,7 @@ def _champion(view: StudyView) -> tuple[dict[str, Any] | None, str]:
         "params": {k: _fmt(v) for k, v in (raw.get("params") or {}).items()},
         "config": {},
     }
-    current = _alias_version(raw.get("registered_name"))
+    current = _alias_version(raw.get("registered_name"), view.tracking_uri)
     if current and current != str(card["version"]):
         card["version"] = f"{card['version']} (the alias now points at version {current})"
     frame = view.frame
@@ -538,7 +544,7 @@ def _champion(view: StudyView) -> tuple[dict[str, Any] | None, str]:
     return card, ""
 
 
-def _alias_version(name: str | None) -> str | None:
+def _alias_version(name: str | None, tracking_uri: str) -> str | None:
     """The version the registry's ``champion`` alias points at now (None: unknown)."""
     if not name:
         return None
@@ -547,7 +553,8 @@ def _alias_version(name: str | None) -> str | None:
     from sweep.champion import ALIAS
 
     try:
-        return str(MlflowClient().get_model_version_by_alias(name, ALIAS).version)
+        client = MlflowClient(tracking_uri=tracking_uri)
+        return str(client.get_model_version_by_alias(name, ALIAS).version)
     except Exception:
         return None
 
@@ -606,7 +613,8 @@ def _trials_table(view: StudyView, champion: dict[str, Any] | None) -> dict[str,
     metrics = sorted(c for c in table if c.startswith("val/")) + sorted(
         c for c in table if c.startswith("test/")
     )
-    rest = [c for c in table if c not in {*first, *values, *params, *metrics}]
+    tail = [c for c in ("error", "mlflow_run_id") if c in table]  # long text last
+    rest = [c for c in table if c not in {*first, *values, *params, *metrics, *tail}] + tail
     order = [*first, *values, *params, *metrics, *rest]
     names = {c: c.removeprefix("params.") for c in order}
     if len(values) == len(view.objectives):

@@ -661,6 +661,7 @@ def print_summary(summary: dict[str, Any]) -> None:
             f"{champion['test_sd']:.4f}  ->  {champion['model_uri']} (v{champion['version']})"
         )
     console.print("open the runs: make ui  ->  http://127.0.0.1:5000")
+    console.print(f"dashboard:     make report STUDY={summary['study']}")
 
 
 def _fmt(value: Any) -> str:

@@ -163,8 +163,9 @@ def test_runs_types_params_and_keeps_final_and_test_metrics(store: TinyStore) ->
     assert pruned["test/acc"].isna().all()  # a pruned model is never tested
     assert pruned["pruned_epoch"].notna().all()
     assert set(compare.varying_params(frame)) >= {"model.width", "optimizer.lr", "seed"}
-    assert "model.width" in compare.param_columns(frame)
-    assert "test/acc" in compare.metric_columns(frame)
+    params, metrics = compare.param_columns(frame), compare.metric_columns(frame)
+    assert {"model.width", "seed"} <= set(params) and not {"lr", "test/acc"} & set(params)
+    assert {"lr", "test/acc", "time/epoch"} <= set(metrics) and "seed" not in metrics
 
 
 def test_runs_filters_by_study_state_and_mlflow_filter(store: TinyStore) -> None:

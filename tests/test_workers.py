@@ -12,7 +12,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import cli_env
+from conftest import cli_env, start_cli
 
 pytestmark = pytest.mark.e2e
 
@@ -59,14 +59,7 @@ def _all_runs(experiment: str):
 
 
 def _start(args: list[str], cwd: Path, uri: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "sweep", *args],
-        cwd=cwd,
-        env=cli_env(uri),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    return start_cli(*args, cwd=cwd, uri=uri)
 
 
 def _wait_for_running_trial(
