@@ -82,4 +82,30 @@ def server_command(args: list[str]) -> int:
         f"(artifacts in {artifacts})",
         flush=True,
     )
-    return subprocess.call(command)
+    # Its own process group: mlflow server starts uvicorn workers and a job runner, and
+    # all of them must stop with it (SIGTERM reaches us as KeyboardInterrupt).
+    env = dict(os.environ)
+    # MLflow's GenAI job runner (huey consumers) is not used by sweeps.
+    env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+    proc = subprocess.Popen(command, start_new_session=True, env=env)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        stop_group(proc)
+        raise
+
+
+def stop_group(proc: subprocess.Popen, grace: float = 20.0) -> None:
+    """SIGTERM the process group of ``proc``, then SIGKILL what is left after ``grace``."""
+    import signal
+
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
