@@ -639,6 +639,8 @@ def print_summary(summary: dict[str, Any]) -> None:
     from rich.table import Table
 
     console = Console()
+    if not console.is_terminal:
+        console = Console(width=160)  # logs and pipes: no 80-column squeeze
     table = summary["table"]
     console.print(f"study [bold]{summary['study']}[/bold]: {summary['counts']}")
     done = table[table["state"] == "COMPLETE"] if len(table) else table
@@ -646,9 +648,12 @@ def print_summary(summary: dict[str, Any]) -> None:
         value_col = "value" if "value" in done else "value_0"
         top = done.sort_values(value_col, ascending=summary["direction"] == "minimize").head(5)
         view = Table(title="top trials (by validation)")
-        cols = ["number", value_col, *[c for c in done if c.startswith(("params.", "test/"))]]
+        test_col = "test/acc" if "test/acc" in done else "test/r2"
+        cols = ["number", value_col, *[c for c in done if c.startswith("params.")]]
+        cols += [test_col] if test_col in done else []
         for col in cols:
-            view.add_column(col.removeprefix("params."))
+            # The key's last part keeps the table narrow: optimizer.lr -> lr.
+            view.add_column(col.rsplit(".", 1)[-1] if col.startswith("params.") else col)
         for _, row in top.iterrows():
             view.add_row(*[_fmt(row.get(c)) for c in cols])
         console.print(view)
@@ -665,6 +670,8 @@ def print_summary(summary: dict[str, Any]) -> None:
 
 
 def _fmt(value: Any) -> str:
+    if isinstance(value, float) and value != value:  # NaN: a parameter not sampled
+        return ""
     if isinstance(value, float):
-        return f"{value:.4g}"
+        return f"{value:.3g}"
     return "" if value is None else str(value)
