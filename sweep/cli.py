@@ -100,7 +100,10 @@ def _print_run_summary(result, cfg) -> None:
     table = Table(title="sweep train", show_header=True)
     table.add_column("metric")
     table.add_column("value", justify="right")
-    table.add_row(f"best {result.monitor} (epoch {result.best_epoch})", f"{result.value:.4f}")
+    table.add_row(
+        f"best {result.monitor} (epoch {(result.best_epoch or 0) + 1}/{result.epochs_run})",
+        f"{result.value:.4f}",
+    )
     for name, value in result.test.items():
         table.add_row(name, f"{value:.4f}")
     table.add_row("parameters", f"{result.num_params:,}")

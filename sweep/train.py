@@ -158,6 +158,7 @@ def _train_in_run(cfg: DictConfig, recorder, callbacks: list) -> RunResult:
         monitor=monitor,
         mode=mode,
         target_scale=getattr(dataset.preprocessor, "target_scale", 1.0),
+        gradient_clip_val=float(cfg.trainer.gradient_clip_val),
     )
     datamodule = ArrayDataModule(
         dataset, int(cfg.data.batch_size), int(cfg.seed), str(cfg.data.loader)
@@ -259,7 +260,6 @@ def build_trainer(cfg: DictConfig, callbacks: list):
         accelerator=str(t.accelerator),
         devices=int(t.devices),
         precision=str(t.precision),
-        gradient_clip_val=float(t.gradient_clip_val) or None,
         deterministic=bool(t.deterministic),
         callbacks=callbacks,
         # Lean: our own tracker records metrics, best weights stay in memory.

@@ -68,10 +68,22 @@ class _LoggedTask:
         from sweep.models.task import Task
 
         class LoggedTask(Task):
+            """Automatic optimisation, one Lightning step per mini-batch, as usual."""
+
+            def __init__(self, **kw):
+                super().__init__(**kw)
+                self.automatic_optimization = True
+
             def training_step(self, batch, batch_idx):
-                loss = super().training_step(batch, batch_idx)
+                x, y = batch
+                loss = self._loss(self(x), y)
+                self._train_loss_sum = self._train_loss_sum + loss.detach() * len(y)
+                self._train_count += len(y)
                 self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True)
                 return loss
+
+            def _step_scheduler(self, metrics):
+                pass  # Lightning steps it in automatic optimisation
 
             def on_validation_epoch_end(self):
                 super().on_validation_epoch_end()

@@ -44,8 +44,20 @@ class IndexBatches:
                     self.y[start : start + self.batch_size],
                 )
 
-    def to(self, device: torch.device) -> None:
-        self.x, self.y = self.x.to(device), self.y.to(device)
+
+class OneEpoch:
+    """A loader with a single item per epoch: the epoch's mini-batches. The model's
+    training step runs them all (see ``Task.training_step``), so Lightning's per-step
+    machinery runs once per epoch instead of once per mini-batch."""
+
+    def __init__(self, batches: IndexBatches):
+        self.batches = batches
+
+    def __len__(self) -> int:
+        return 1
+
+    def __iter__(self) -> Iterator[IndexBatches]:
+        yield self.batches
 
 
 class ArrayDataModule(L.LightningDataModule):
@@ -88,7 +100,8 @@ class ArrayDataModule(L.LightningDataModule):
         return self._batches[split]
 
     def train_dataloader(self):
-        return self._loader("train", self.batch_size, shuffle=True)
+        loader = self._loader("train", self.batch_size, shuffle=True)
+        return OneEpoch(loader) if self.loader == "memory" else loader
 
     def val_dataloader(self):
         return self._loader("val", max(self.batch_size, EVAL_BATCH_SIZE), shuffle=False)

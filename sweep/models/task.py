@@ -63,8 +63,16 @@ class Task(L.LightningModule):
         monitor: str,
         mode: str,
         target_scale: float = 1.0,
+        gradient_clip_val: float = 0.0,
     ):
         super().__init__()
+        # Manual optimisation, so that one Lightning step can run a whole epoch of
+        # in-memory mini-batches: Lightning's per-step hooks cost about 0.5 ms each, as much
+        # as a small model's step (measured: fit 1.15x a hand-written loop instead of
+        # 1.5x). Lightning still wraps backward and the optimiser step (precision, AMP
+        # loss scaling); gradient clipping and lr scheduling are done here.
+        self.automatic_optimization = False
+        self.gradient_clip_val = gradient_clip_val
         self.network = network
         self.task = task
         self.num_outputs = num_outputs
@@ -104,13 +112,27 @@ class Task(L.LightningModule):
         self._train_count = 0
         self._epoch_start = time.perf_counter()
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
-        x, y = batch
-        loss = self._loss(self(x), y)
-        # Summed on the device: no host sync per step; checked once per epoch.
-        self._train_loss_sum = self._train_loss_sum + loss.detach() * len(y)
-        self._train_count += len(y)
-        return loss
+    def training_step(self, batch, batch_idx: int) -> None:
+        """One mini-batch (x, y) from a DataLoader, or an epoch's worth of in-memory
+        mini-batches (an iterable of them) from the in-memory DataModule."""
+        is_single = (
+            isinstance(batch, tuple | list) and len(batch) == 2 and torch.is_tensor(batch[0])
+        )
+        optimizer = self.optimizers()
+        for x, y in [batch] if is_single else batch:
+            loss = self._loss(self(x), y)
+            optimizer.zero_grad()
+            self.manual_backward(loss)
+            if self.gradient_clip_val:
+                self.clip_gradients(
+                    optimizer,
+                    gradient_clip_val=self.gradient_clip_val,
+                    gradient_clip_algorithm="norm",
+                )
+            optimizer.step()
+            # Summed on the device: no host sync per step; checked once per epoch.
+            self._train_loss_sum = self._train_loss_sum + loss.detach() * len(y)
+            self._train_count += len(y)
 
     # -- validation / test ------------------------------------------------------------
     def validation_step(self, batch, batch_idx: int) -> None:
@@ -145,6 +167,17 @@ class Task(L.LightningModule):
             "lr": float(self.trainer.optimizers[0].param_groups[0]["lr"]),
             "time/epoch": time.perf_counter() - self._epoch_start,
         }
+        self._step_scheduler(metrics)
+
+    def _step_scheduler(self, metrics: dict[str, float]) -> None:
+        """Once per epoch, after validation (where Lightning would step it)."""
+        scheduler = self.lr_schedulers()
+        if scheduler is None:
+            return
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            scheduler.step(metrics[self.monitor])
+        else:
+            scheduler.step()
 
     def on_test_epoch_end(self) -> None:
         self.test_metrics = self._epoch_end_metrics("test")

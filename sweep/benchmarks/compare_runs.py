@@ -1,13 +1,12 @@
 """Benchmark: ``sweep.compare.runs()`` over 10,000 runs in a sqlite MLflow store.
 
-    .venv/bin/python bench/compare_runs.py [--runs 10000] [--studies 10] [--keep DIR]
+    .venv/bin/python -m sweep.benchmarks.compare_runs [--runs 10000] [--studies 10] [--keep DIR]
 
 Fills a fresh store with sweep-shaped runs (one parent per study; trials with ~45
 params, ~15 final metrics and the sweep tags, each written by one ``log_batch``), then
 times ``runs()`` (best of --repeat). The store lives on /dev/shm when it exists: the
 fill then costs CPU, not fsyncs, and the timing measures the read path, which is what
-users wait for. Prints one JSON line; writes it to bench/compare_runs.json too
-(git-ignored) so results can be compared between versions.
+users wait for. Prints one JSON line (``make bench`` puts it in bench/results.md).
 """
 
 from __future__ import annotations
@@ -20,9 +19,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 
 def fill(uri: str, n_runs: int, n_studies: int, workers: int = 1) -> float:
@@ -192,7 +188,6 @@ def main() -> int:
         }
         line = json.dumps(result)
         print(line)
-        (ROOT / "bench" / "compare_runs.json").write_text(line + "\n")
     finally:
         if not args.keep:
             shutil.rmtree(folder, ignore_errors=True)
