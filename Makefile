@@ -15,7 +15,12 @@ PORT ?= 5000
 .PHONY: install train sweep worker check tracking-server bench test lint ui clean help
 
 help:
-	@echo "make sweep | train | test | ui | lint | clean   (ARGS=\"hydra overrides\")"
+	@echo "set up:   make sweep (default study, creates .venv) | make test"
+	@echo "run:      make train | sweep | worker | check          ARGS=\"hydra overrides\""
+	@echo "look:     make ui | optuna-dashboard | report STUDY=name | compare ARGS=\"experiments=[a,b]\""
+	@echo "deploy:   make serve [MODEL=uri] | predict ARGS=\"model=... input=... output=...\" | rerun RUN=id"
+	@echo "scale:    make tracking-server | worker ARGS=\"storage=postgres tracking=server study.name=...\""
+	@echo "develop:  make lint | bench | clean                    TORCH=\"$(TORCH)\""
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

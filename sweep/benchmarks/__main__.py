@@ -98,6 +98,27 @@ def render(results: dict) -> str:
         ),
         ("`sweep --help` wall time", f"**{results['help_s']:.2f} s**", "<= 1 s"),
     ]
+    st = results.get("storage")
+    if st:
+        for key, label in (("journal", "Optuna journal file"), ("sqlite", "Optuna SQLite RDB")):
+            r = st[key]
+            rows.append(
+                (
+                    f"{label}, {st['workers']} writers x {st['per_worker']} trials",
+                    f"{r['wall_s']:.1f} s, {r['complete']}/{r['trials']} complete, "
+                    f"unique numbers: {r['unique_numbers']}, errors: {len(r['errors'])}",
+                    "",
+                )
+            )
+        m = st["mlflow_sqlite"]
+        rows.append(
+            (
+                f"MLflow sqlite store, {st['workers']} writers x {st['per_worker']} runs",
+                f"{m['wall_s']:.1f} s, {m['finished']}/{m['runs']} finished, "
+                f"errors: {len(m['errors'])}",
+                "",
+            )
+        )
     lines = ["| benchmark | result | goal |", "|---|---|---|"]
     lines += [f"| {a} | {b} | {g} |" for a, b, g in rows]
     return "\n".join(lines)
@@ -107,16 +128,26 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m sweep.benchmarks")
     parser.add_argument("--quick", action="store_true", help="fewer repetitions and trials")
     args = parser.parse_args()
-    from sweep.benchmarks import overhead, search, workers
+    from sweep.benchmarks import overhead, search, storage, workers
 
     reps, n_search, n_workers, n_runs = (3, 8, 8, 2000) if args.quick else (5, 20, 16, 10000)
-    results = {
-        "help_s": cli_help_seconds(),
-        "overhead": overhead.run(reps),
-        "workers": workers.run(n_workers),
-        "search": search.run(n_search),
-        "compare": compare_runs_seconds(n_runs),
+    phases = {
+        "help_s": cli_help_seconds,
+        "overhead": lambda: overhead.run(reps),
+        "workers": lambda: workers.run(n_workers),
+        "search": lambda: search.run(n_search),
+        "compare": lambda: compare_runs_seconds(n_runs),
+        "storage": lambda: storage.run(4, 25 if args.quick else 100),
     }
+    results = {}
+    for name, phase in phases.items():
+        started = time.perf_counter()
+        results[name] = phase()
+        print(
+            f"[{name}: {time.perf_counter() - started:.0f} s] {json.dumps(results[name])}",
+            file=sys.stderr,
+            flush=True,
+        )
     table = render(results)
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     command = "make bench" + (" ARGS=--quick" if args.quick else "")

@@ -73,6 +73,7 @@ class _LoggedTask:
             def __init__(self, **kw):
                 super().__init__(**kw)
                 self.automatic_optimization = True
+                self.log_to_logger = True  # metrics go to Lightning's MLFlowLogger
 
             def training_step(self, batch, batch_idx):
                 x, y = batch
@@ -84,11 +85,6 @@ class _LoggedTask:
 
             def _step_scheduler(self, metrics):
                 pass  # Lightning steps it in automatic optimisation
-
-            def on_validation_epoch_end(self):
-                super().on_validation_epoch_end()
-                metrics = {k: v for k, v in self.epoch_metrics.items() if k.startswith("val/")}
-                self.log_dict(metrics, on_epoch=True, prog_bar=True)
 
             def on_test_epoch_end(self):
                 super().on_test_epoch_end()

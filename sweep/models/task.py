@@ -73,6 +73,7 @@ class Task(L.LightningModule):
         # loss scaling); gradient clipping and lr scheduling are done here.
         self.automatic_optimization = False
         self.gradient_clip_val = gradient_clip_val
+        self.log_to_logger = False  # no Lightning logger: sweep.tracking records metrics
         self.network = network
         self.task = task
         self.num_outputs = num_outputs
@@ -160,7 +161,7 @@ class Task(L.LightningModule):
             if not math.isfinite(value):
                 raise NonFiniteLossError(f"{name} became {value} at epoch {epoch}")
         # Logged for EarlyStopping and the lr scheduler; our own tracker records them.
-        self.log_dict(metrics, on_epoch=True, prog_bar=False, logger=False)
+        self.log_dict(metrics, on_epoch=True, prog_bar=False, logger=self.log_to_logger)
         self.epoch_metrics = {
             "train/loss": train_loss,
             **metrics,

@@ -1,0 +1,126 @@
+"""Concurrent writers: Optuna's journal file vs SQLite RDB storage, and MLflow's sqlite
+store, each under 4 processes doing what sweep workers do (no training: pure storage).
+
+Per Optuna worker: ``n`` trials of ask -> 10 x report -> tell through ``study.optimize``
+(heartbeat on for SQLite, as a crash-safe setup needs). Per MLflow worker: ``n`` runs of
+create -> params -> 10 metric batches -> terminate. Reports wall time, errors, and for
+Optuna whether trial numbers stayed unique and every trial finished.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import tempfile
+import time
+import traceback
+from typing import Any
+
+
+def _optuna_worker(url: str, n: int, out: Any) -> None:
+    import optuna
+
+    from sweep.optuna_parts import build_storage
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    errors: list[str] = []
+    heartbeat = (5, 20) if url.startswith("sqlite") else (None, None)
+    try:
+        storage = build_storage(url, *heartbeat)
+        study = optuna.load_study(study_name="bench", storage=storage)
+
+        def objective(trial):
+            x = trial.suggest_float("x", -1, 1)
+            for step in range(10):
+                trial.report(x * step, step)
+            return x * x
+
+        study.optimize(objective, n_trials=n, catch=(Exception,))
+    except Exception as exc:
+        errors.append("".join(traceback.format_exception_only(exc)).strip())
+    out.put(errors)
+
+
+def _mlflow_worker(uri: str, n: int, out: Any) -> None:
+    from mlflow.entities import Metric, Param
+    from mlflow.tracking import MlflowClient
+
+    errors: list[str] = []
+    client = MlflowClient(tracking_uri=uri)
+    try:
+        exp = client.get_experiment_by_name("bench").experiment_id
+        for i in range(n):
+            run = client.create_run(exp, run_name=f"r{i}")
+            rid = run.info.run_id
+            client.log_batch(rid, params=[Param(f"p{k}", str(k)) for k in range(40)])
+            for step in range(10):
+                client.log_batch(rid, metrics=[Metric(f"m{k}", 0.1 * k, 0, step) for k in range(5)])
+            client.set_terminated(rid)
+    except Exception as exc:
+        errors.append("".join(traceback.format_exception_only(exc)).strip())
+    out.put(errors)
+
+
+def _run(target, arg: str, workers: int, n: int) -> dict[str, Any]:
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=target, args=(arg, n, out)) for _ in range(workers)]
+    started = time.perf_counter()
+    for p in procs:
+        p.start()
+    errors = [e for _ in procs for e in out.get()]
+    for p in procs:
+        p.join()
+    return {"wall_s": round(time.perf_counter() - started, 2), "errors": errors}
+
+
+def optuna_storage(kind: str, workers: int, n: int) -> dict[str, Any]:
+    import optuna
+
+    from sweep.optuna_parts import build_storage
+
+    with tempfile.TemporaryDirectory() as tmp:
+        url = (
+            f"journal:///{tmp}/optuna.journal"
+            if kind == "journal"
+            else f"sqlite:///{tmp}/optuna.db"
+        )
+        optuna.create_study(study_name="bench", storage=build_storage(url))  # once, up front
+        result = _run(_optuna_worker, url, workers, n)
+        study = optuna.load_study(study_name="bench", storage=build_storage(url))
+        numbers = [t.number for t in study.trials]
+        result.update(
+            trials=len(numbers),
+            unique_numbers=len(set(numbers)) == len(numbers),
+            complete=sum(t.state.name == "COMPLETE" for t in study.trials),
+        )
+        return result
+
+
+def mlflow_store(workers: int, n: int) -> dict[str, Any]:
+    from mlflow.tracking import MlflowClient
+
+    with tempfile.TemporaryDirectory() as tmp:
+        uri = f"sqlite:///{tmp}/mlflow.db"
+        MlflowClient(tracking_uri=uri).create_experiment("bench")  # schema first
+        result = _run(_mlflow_worker, uri, workers, n)
+        runs = MlflowClient(tracking_uri=uri).search_runs(
+            [MlflowClient(tracking_uri=uri).get_experiment_by_name("bench").experiment_id],
+            max_results=5000,
+        )
+        result.update(runs=len(runs), finished=sum(r.info.status == "FINISHED" for r in runs))
+        return result
+
+
+def run(workers: int = 4, n: int = 100) -> dict[str, Any]:
+    return {
+        "workers": workers,
+        "per_worker": n,
+        "journal": optuna_storage("journal", workers, n),
+        "sqlite": optuna_storage("sqlite", workers, n),
+        "mlflow_sqlite": mlflow_store(workers, n),
+    }
+
+
+if __name__ == "__main__":
+    print(json.dumps(run(), indent=2))
