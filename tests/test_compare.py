@@ -7,11 +7,8 @@ import it from here: training is the slow part, reading it is what these tests c
 
 from __future__ import annotations
 
-import contextlib
-import importlib.util
 import json
 import math
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -318,15 +315,8 @@ def test_bench_fill_and_paged_search(
     import shutil
 
     from sweep import compare
+    from sweep.benchmarks import compare_runs as bench
 
-    spec = importlib.util.spec_from_file_location(
-        "bench_compare_runs", ROOT / "bench/compare_runs.py"
-    )
-    assert spec and spec.loader
-    bench = importlib.util.module_from_spec(spec)
-    with contextlib.suppress(KeyError):
-        del sys.modules["bench_compare_runs"]
-    spec.loader.exec_module(bench)
     shutil.copy(_empty_mlflow_db, tmp_path / "mlflow.db")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     bench.fill(uri, n_runs=25, n_studies=2)

@@ -204,9 +204,12 @@ def test_index_batches_unshuffled_keep_order():
 def test_datamodule_keeps_its_train_batches_between_epochs():
     ds = load_dataset(data_cfg("data=synthetic"))
     dm = ArrayDataModule(ds, batch_size=32, seed=0)
-    train = dm.train_dataloader()
-    assert train is dm.train_dataloader()  # one generator: the order moves on each epoch
-    first, second = epochs_of(train, 2)
+    # The in-memory loader yields one item per epoch: that epoch's mini-batches, from one
+    # IndexBatches whose generator persists, so the order moves on each epoch.
+    (epoch_batches,) = list(dm.train_dataloader())
+    (again,) = list(dm.train_dataloader())
+    assert again is epoch_batches
+    first, second = epochs_of(epoch_batches, 2)
     assert first != second
     val = list(dm.val_dataloader())
     assert len(val) == 1 and len(val[0][0]) == len(ds.x_val) <= EVAL_BATCH_SIZE

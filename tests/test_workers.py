@@ -263,10 +263,10 @@ def test_multi_machine_recipe_tracking_server_postgres_and_a_joining_worker(tmp_
         tmp_path,
         uri,
     )
+    # Trials of a few seconds each (SLOW): long enough that the joining worker, which
+    # takes seconds to start, still finds trials to pull.
     overrides = [
-        "data=synthetic",
-        "search=tiny",
-        "trainer.max_epochs=3",
+        *SLOW[:-2],
         "storage=postgres",
         f"storage.url={postgres_url}",
         "tracking=server",
@@ -278,7 +278,7 @@ def test_multi_machine_recipe_tracking_server_postgres_and_a_joining_worker(tmp_
     try:
         _wait_http(f"{uri}/health")
         coordinator = _start(["tune", *overrides], tmp_path, uri)
-        _wait_for_running_trial("multi", overrides[3:6])
+        _wait_for_running_trial("multi", overrides[6:9])
         worker = _start(["worker", *overrides], tmp_path, uri)
         _out, err = coordinator.communicate(timeout=400)
         assert coordinator.returncode == 0, err[-3000:]
@@ -297,7 +297,7 @@ def test_multi_machine_recipe_tracking_server_postgres_and_a_joining_worker(tmp_
         from mlflow.tracking import MlflowClient
 
         mlflow.set_tracking_uri(uri)
-        study = _load("multi", overrides[3:6])
+        study = _load("multi", overrides[6:9])
         workers = {t.user_attrs["worker"] for t in study.trials}
         assert len(workers) == 2, workers  # the joining worker took trials too
         version = MlflowClient(tracking_uri=uri).get_model_version_by_alias("multi", "champion")
