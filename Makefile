@@ -18,7 +18,7 @@ help:
 	@echo "set up:   make sweep (default study, creates .venv) | make test"
 	@echo "run:      make train | sweep | worker | check          ARGS=\"hydra overrides\""
 	@echo "look:     make ui | optuna-dashboard | report STUDY=name | compare ARGS=\"experiments=[a,b]\""
-	@echo "deploy:   make serve [MODEL=uri] | predict ARGS=\"model=... input=... output=...\" | rerun RUN=id"
+	@echo "deploy:   make serve [STUDY=name|MODEL=uri] | predict ARGS=\"model=... input=... output=...\" | rerun RUN=id"
 	@echo "scale:    make tracking-server | worker ARGS=\"storage=postgres tracking=server study.name=...\""
 	@echo "develop:  make lint | bench | clean                    TORCH=\"$(TORCH)\""
 
@@ -66,15 +66,15 @@ clean:
 
 .PHONY: serve predict rerun
 
-# Deploy (sweep.deploy): the champion models:/<study>@champion (conf/sweep.yaml) unless
-# MODEL=... is given. serve listens on 127.0.0.1:5001; PORT=... / HOST=... on the command
-# line override it (the PORT default above is the MLflow UI's).
+# Deploy (sweep.deploy): the champion models:/<study>@champion (STUDY=..., else conf/sweep.yaml's
+# study) unless MODEL=... is given. serve listens on 127.0.0.1:5001; PORT=... / HOST=... on the
+# command line override it (the PORT default above is the MLflow UI's).
 deploy_set = $(filter command line environment,$(origin $(1)))
 serve: $(STAMP)
-	$(BIN)/sweep serve $(if $(MODEL),model=$(MODEL)) $(if $(call deploy_set,PORT),port=$(PORT)) $(if $(call deploy_set,HOST),host=$(HOST)) $(ARGS)
+	$(BIN)/sweep serve $(if $(MODEL),model=$(MODEL)) $(if $(STUDY),study=$(STUDY)) $(if $(call deploy_set,PORT),port=$(PORT)) $(if $(call deploy_set,HOST),host=$(HOST)) $(ARGS)
 
 predict: $(STAMP)
-	$(BIN)/sweep predict $(if $(MODEL),model=$(MODEL)) $(ARGS)
+	$(BIN)/sweep predict $(if $(MODEL),model=$(MODEL)) $(if $(STUDY),study=$(STUDY)) $(ARGS)
 
 rerun: $(STAMP)
 	$(BIN)/sweep rerun $(RUN) $(ARGS)

@@ -15,6 +15,7 @@ one-line :class:`DeployError`; the CLI prints it and exits with status 2.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import signal
@@ -257,8 +258,26 @@ def wait_until_ready(
         time.sleep(0.2)
 
 
-def serve(model_uri: str, host: str, port: int, tracking_uri: str | None = None) -> int:
-    """Run the server in the foreground until it exits or Ctrl-C / SIGTERM; its status."""
+def payload_hint(model_info: Any) -> str:
+    """A JSON body for ``/invocations`` shaped like the model's input signature."""
+    schema = model_info.signature.inputs if model_info.signature else None
+    if schema is None or schema.is_tensor_spec():
+        return '{"inputs": [[...], [...]]}'
+    names = [str(n) for n in schema.input_names()]
+    shown = ", ".join(json.dumps(n) for n in names[:8]) + (", ..." if len(names) > 8 else "")
+    return f'{{"dataframe_split": {{"columns": [{shown}], "data": [[...]]}}}}'
+
+
+def serve(
+    model_uri: str,
+    host: str,
+    port: int,
+    tracking_uri: str | None = None,
+    hint: str = '{"dataframe_split": {"columns": [...], "data": [[...]]}}',
+) -> int:
+    """Run the server in the foreground until it exits or Ctrl-C / SIGTERM; its status.
+
+    ``hint`` is the example request body printed once the server is ready."""
     from rich.console import Console
 
     console = Console(stderr=True, highlight=False)
@@ -277,8 +296,9 @@ def serve(model_uri: str, host: str, port: int, tracking_uri: str | None = None)
         else:
             console.print(
                 f"ready: curl -X POST {url}/invocations -H 'Content-Type: application/json' "
-                """-d '{"dataframe_split": {"columns": [...], "data": [[...]]}}'""",
+                f"-d '{hint}'",
                 soft_wrap=True,
+                markup=False,
             )
         return proc.wait()
     except KeyboardInterrupt:
@@ -302,9 +322,9 @@ def serve_command(args: list[str]) -> int:
         port = free_port(host)
     model_uri = opts["model"] or champion_uri(opts["study"])
     tracking_uri = tracking.setup(None)
-    check_model(model_uri, tracking_uri)  # a clear error now, not a traceback from the server
+    info = check_model(model_uri, tracking_uri)  # a clear error now, not a server traceback
     check_port_free(host, port)
-    return serve(model_uri, host, port, tracking_uri)
+    return serve(model_uri, host, port, tracking_uri, hint=payload_hint(info))
 
 
 # --------------------------------------------------------------------------- batch prediction
@@ -341,12 +361,16 @@ def _input_spec(model: Any) -> _InputSpec:
         n = math.prod(int(s) for s in shape[1:]) if len(shape) > 1 else None
         return _InputSpec("array", [], {}, n if n and n > 0 else None)
     types = {str(c.name): str(getattr(c.type, "name", c.type)).lower() for c in schema.inputs}
+    required = set(schema.required_input_names())
     # A sweep model types its numeric columns `any` (its preprocessor parses them); its
     # preprocessor knows which are numbers, so a bad value is reported with its row here.
+    # It needs every feature column, even one an older signature marks optional (MLflow
+    # does so when the input example has a missing value in that column).
     with contextlib.suppress(Exception):
         kinds = model.unwrap_python_model().preprocessor.input_schema
         types.update({c: kinds[c] for c, t in types.items() if t == "any" and c in kinds})
-    return _InputSpec("table", list(schema.required_input_names()), types)
+        required |= set(kinds) & set(types)
+    return _InputSpec("table", [c for c in types if c in required], types)
 
 
 def _resolve_input(value: Any) -> Path:
@@ -403,10 +427,15 @@ def _read_chunks(
     # String features stay strings in every chunk: a chunk where such a column is all blank
     # would otherwise be float NaN, which the signature (string) rejects; "007" stays "007".
     dtypes = {c: str for c in header if spec.types.get(str(c)) == "string"}
+    # An array file saved without a header (np.savetxt) starts with numbers: that first row
+    # is data, not column names; reading it as a header would silently drop a sample.
+    header_row = 0
+    if spec.kind == "array" and _all_numbers(pd.read_csv(path, header=None, nrows=1).iloc[0]):
+        header_row = None
 
     def csv_chunks() -> Iterator[tuple[Any, int]]:
         with path.open("rb") as handle:
-            reader = pd.read_csv(handle, chunksize=chunk_size, dtype=dtypes)
+            reader = pd.read_csv(handle, chunksize=chunk_size, dtype=dtypes, header=header_row)
             try:
                 for frame in reader:
                     yield frame.rename(columns=str), handle.tell()
@@ -416,6 +445,13 @@ def _read_chunks(
                 raise DeployError(f"cannot read {path} as CSV: {one_line(exc)}") from None
 
     return csv_chunks(), path.stat().st_size
+
+
+def _all_numbers(cells: Any) -> bool:
+    """Whether every cell of a row read without a header is a number."""
+    import pandas as pd
+
+    return bool(len(cells)) and bool(pd.to_numeric(pd.Series(cells), errors="coerce").notna().all())
 
 
 def _model_input(frame: Any, spec: _InputSpec, path: Path, first_row: int) -> Any:
@@ -489,12 +525,14 @@ class _ChunkWriter:
             # Later chunks take the first chunk's column types (Parquet needs one schema).
             table = pa.Table.from_pandas(frame, schema=self._schema, preserve_index=False)
             if self._parquet is None:
+                self.output.parent.mkdir(parents=True, exist_ok=True)
                 self._schema = table.schema
                 self._parquet = pq.ParquetWriter(self.tmp, self._schema)
             self._parquet.write_table(table)
         else:
             header = self._csv is None
             if self._csv is None:
+                self.output.parent.mkdir(parents=True, exist_ok=True)
                 self._csv = self.tmp.open("w", newline="", encoding="utf-8")
             frame.to_csv(self._csv, header=header, index=False)
 
@@ -571,18 +609,19 @@ def predict_file(
     spec = _input_spec(model)
     chunks, total = _read_chunks(source, chunk_size, spec)
     params = {"proba": True} if proba else None
-    output.parent.mkdir(parents=True, exist_ok=True)
     writer = _ChunkWriter(output)
     rows = 0
     prediction_columns: list[str] = []
+    console = Console(stderr=True)
     bar = Progress(
         TextColumn("[bold]predict[/bold] {task.description}"),
         BarColumn(),
         TaskProgressColumn(),
         TextColumn("{task.fields[rows]:,} rows"),
         TimeElapsedColumn(),
-        console=Console(stderr=True),
-        disable=not progress,
+        console=console,
+        # Off when stderr is a file or pipe: rich could not redraw it, only leave a blank line.
+        disable=not progress or not console.is_terminal,
         transient=True,  # the summary line follows; no stale 0% bar on an error
     )
     try:

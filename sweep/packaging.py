@@ -71,6 +71,7 @@ class SweepModel(mlflow.pyfunc.PythonModel):
 
         try:
             x = self.preprocessor.transform(_as_input(model_input, self.preprocessor))
+            _require_finite(x)
         except (ValueError, KeyError, TypeError) as exc:
             # A clean 400 from the model server instead of a stack trace.
             raise MlflowException.invalid_parameter_value(f"bad input: {exc}") from None
@@ -100,6 +101,20 @@ def _as_input(model_input: Any, preprocessor: Any) -> Any:
     return np.asarray(model_input, dtype=np.float32)
 
 
+def _require_finite(x: np.ndarray) -> None:
+    """Refuse NaN / inf network inputs: they would come out as a confident-looking label.
+
+    Tables impute missing numbers, so this catches arrays with NaN or inf and table values
+    too large for float32 (1e300 becomes inf)."""
+    finite = np.isfinite(x.reshape(len(x), -1)).all(axis=1)
+    if not finite.all():
+        row = int(np.flatnonzero(~finite)[0])
+        raise ValueError(
+            f"row {row} (0-based) holds NaN, inf or a number too large for float32; "
+            f"{int((~finite).sum())} such row(s) in all"
+        )
+
+
 def _numbers_as_any(signature: Any, preprocessor: Any) -> Any:
     """The signature with numeric table columns typed ``any``: the preprocessor checks them.
 
@@ -107,7 +122,9 @@ def _numbers_as_any(signature: Any, preprocessor: Any) -> Any:
     the example) makes the model server reject null and silently truncate 2.5 to 2; a
     ``double`` one makes a local ``predict`` reject a pandas int64 column. The preprocessor
     imputes missing values, parses numbers and numeric strings, and names the column of a
-    bad value (a clean 400 from the server). Column names stay required.
+    bad value (a clean 400 from the server). Every feature column is required, as the
+    preprocessor needs them all (MLflow marks a column optional when the example has a
+    missing value in it).
     """
     from mlflow.models import ModelSignature
     from mlflow.types.schema import AnyType, ColSpec, Schema
@@ -117,9 +134,11 @@ def _numbers_as_any(signature: Any, preprocessor: Any) -> Any:
     if not kinds or inputs is None or inputs.is_tensor_spec():
         return signature
     columns = [
-        ColSpec(AnyType(), col.name, required=col.required)
-        if kinds.get(col.name) == "double"
-        else col
+        ColSpec(
+            AnyType() if kinds.get(col.name) == "double" else col.type,
+            col.name,
+            required=col.required or col.name in kinds,
+        )
         for col in inputs.inputs
     ]
     return ModelSignature(Schema(columns), signature.outputs, signature.params)

@@ -144,6 +144,13 @@ def test_array_model_on_a_file_of_pixels(trained, in_store):
     expected = mlflow.pyfunc.load_model(trained["digits"]).predict(images.astype(np.float32))
     assert summary.rows == 30
     assert written["prediction"].tolist() == expected["prediction"].tolist()
+    # The same pixels saved without a header (np.savetxt): the first row is a sample too.
+    np.savetxt(in_store / "bare.csv", images, delimiter=",", fmt="%g")
+    summary = predict_file(trained["digits"], "bare.csv", "bare_out.csv", progress=False)
+    assert summary.rows == 30
+    bare = pd.read_csv(in_store / "bare_out.csv")
+    assert bare["prediction"].tolist() == expected["prediction"].tolist()
+    assert bare.shape == (30, 65)
 
 
 # -- errors: one line, exit status 2, no output file -----------------------------------------
@@ -196,6 +203,7 @@ def test_errors_are_one_line_with_status_2(trained, in_store, capsys, args, need
     assert code == 2, err
     error_lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(error_lines) == 1, err
+    assert err == error_lines[0]  # nothing else: no blank line from a progress bar
     for needle in needles:
         assert needle in error_lines[0], error_lines[0]
     assert "Traceback" not in err
@@ -211,6 +219,45 @@ def test_missing_store_is_an_error_not_a_new_database(tmp_path, monkeypatch, cap
     assert code == 2
     assert "no MLflow store" in capsys.readouterr().err
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_signature_requires_every_feature_column():
+    """MLflow marks a column optional when the example has a missing value in it; the
+    preprocessor needs them all, so the logged signature requires them all."""
+    from mlflow.models import infer_signature
+    from mlflow.types.schema import AnyType, DataType
+
+    from sweep.data.table import TablePreprocessor
+    from sweep.packaging import _numbers_as_any
+
+    x = pd.DataFrame({"age": [3.0, 4.0, 5.5], "color": ["black", None, "white"]})
+    preprocessor = TablePreprocessor("classification", ["age", "color"]).fit(x, ["a", "b", "a"])
+    inferred = infer_signature(x, pd.DataFrame({"prediction": ["a", "b", "a"]}))
+    assert inferred.inputs.required_input_names() == ["age"]
+    inputs = _numbers_as_any(inferred, preprocessor).inputs
+    assert inputs.required_input_names() == ["age", "color"]
+    assert isinstance(inputs.input_dict()["age"].type, AnyType)
+    assert inputs.input_dict()["color"].type == DataType.string
+
+
+def test_a_column_an_older_signature_calls_optional_is_still_required(trained, in_store):
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ColSpec, Schema
+
+    from sweep.deploy import _input_spec, _model_input
+
+    model = mlflow.pyfunc.load_model(trained["table"])
+    logged = model.metadata.signature
+    model.metadata.signature = ModelSignature(
+        Schema([ColSpec(c.type, c.name, required=c.name != "color") for c in logged.inputs]),
+        logged.outputs,
+        logged.params,
+    )
+    spec = _input_spec(model)
+    assert spec.columns == FEATURES
+    rows = new_rows(in_store / "no_color.csv", n=5).drop(columns=["color"])
+    with pytest.raises(DeployError, match=r"missing column\(s\) 'color'.*'age', 'height', 'color'"):
+        _model_input(rows, spec, Path("no_color.csv"), 0)
 
 
 def test_predict_file_raises_deploy_error(trained, in_store):

@@ -146,6 +146,35 @@ def test_csv_run_with_a_relative_path_reruns_from_another_directory(store, tmp_p
     assert not (elsewhere / "mlflow.db").exists()  # logged to the source's store
 
 
+def test_a_study_trial_and_its_champion_rerun_reproduce_exactly(tracked):
+    """Runs a study made (a trial with sampled overrides, a champion re-train with its own
+    seed) rerun into the study's experiment with identical metrics."""
+    from sweep.study import tune
+
+    tune(
+        [
+            "data=synthetic",
+            "search=tiny",
+            "trainer.max_epochs=2",
+            "study.name=rr",
+            "study.n_trials=1",
+            "champion.k=1",
+            "champion.seeds=1",
+        ],
+        progress=False,
+    )
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("rr").experiment_id
+    for role in ("trial", "champion_rerun"):
+        (source,) = client.search_runs([experiment], f"tags.`sweep.role` = '{role}'")
+        outcome = rerun(source.info.run_id)
+        assert outcome.differences == [], (role, outcome.compared)
+        new = client.get_run(outcome.result.run_id)
+        assert new.info.experiment_id == experiment
+        assert new.data.tags["rerun_of"] == source.info.run_id
+        assert histories(client, new.info.run_id) == histories(client, source.info.run_id)
+
+
 @pytest.mark.parametrize(
     ("args", "needle"),
     [

@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -250,8 +251,12 @@ def test_missing_values_and_fractions_in_an_int_column(served, local_table_model
         ),
         ({"inputs": [[1.0, 2.0]]}, ["missing"]),
         ('{"dataframe_records": [', ["JSON"]),
+        (
+            {"dataframe_records": [{"age": 3, "height": 1e300, "color": "black"}]},
+            ["row 0", "too large for float32"],
+        ),
     ],
-    ids=["missing-column", "garbage-number", "array-for-a-table", "broken-json"],
+    ids=["missing-column", "garbage-number", "array-for-a-table", "broken-json", "overflow"],
 )
 def test_bad_payload_is_a_readable_400_and_the_server_keeps_serving(served, body, needles):
     status, error = post(served["table_url"], body)
@@ -285,8 +290,25 @@ def test_array_model_served_with_inputs(served):
     status, error = post(served["digits_url"], {"inputs": [[0.0] * 10]})
     assert status == 400
     assert "shape" in error["message"].lower(), error
+    # A missing pixel (null) would silently become a confident label: refused, by row.
+    holes = images[:3].tolist()
+    holes[2][5] = None
+    status, error = post(served["digits_url"], {"inputs": holes})
+    assert status == 400, error
+    assert "row 2 (0-based) holds NaN" in error["message"] and "stack_trace" not in error
     status, body = post(served["digits_url"], {"inputs": images[:1].tolist()})
     assert status == 200, body
+
+
+def test_sweep_serve_prints_a_request_shaped_like_the_model(served):
+    # The table server runs under ``sweep serve``: its ready line names the real columns.
+    log = served["root"] / "table.log"
+    deadline = time.monotonic() + 10  # printed just after the first /ping answers
+    while "ready:" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    ready = next(line for line in log.read_text().splitlines() if line.startswith("ready:"))
+    assert f"{served['table_url']}/invocations" in ready
+    assert '"columns": ["age", "height", "color"]' in ready
 
 
 # -- sweep serve: its one-line errors --------------------------------------------------------
