@@ -5,15 +5,44 @@ the best by mean validation score registered in the MLflow Model Registry with t
 
 from __future__ import annotations
 
+import contextlib
+import io
 import statistics
 from typing import Any
 
 from sweep import config as config_mod
+from sweep.errors import ConfigError, SweepError
 from sweep.space import to_overrides
 
 CHAMPION_ATTR = "champion"
 RERUNS_ATTR = "champion_reruns"
 ALIAS = "champion"
+SETTINGS = ("k", "seeds", "registered_name")
+
+
+class ChampionError(SweepError):
+    """Every candidate's re-run failed: the study has trials but no model to register."""
+
+    exit_code = 1
+
+
+def check_settings(champion_cfg: Any) -> None:
+    """The ``champion`` block, checked before the first trial: a name the registry would
+    refuse must not fail the study only after all its trials have run."""
+    values = config_mod.to_container(champion_cfg) or {}
+    for key in values:
+        if key not in SETTINGS:
+            raise ConfigError(f"champion.{key}: unknown key; known keys: {', '.join(SETTINGS)}")
+    config_mod.INT0.check("champion.k", values.get("k", 0))
+    config_mod.INT1.check("champion.seeds", values.get("seeds", 1))
+    name = values.get("registered_name")
+    if name is None:
+        return
+    if not isinstance(name, str) or not name.strip() or any(c in name for c in "/:"):
+        raise ConfigError(
+            f"champion.registered_name={name!r}: must be a non-empty name without '/' or ':' "
+            f"(or null for the study name)"
+        )
 
 
 def candidates(study, spec, k: int) -> list:
@@ -35,34 +64,58 @@ def select_champion(study, spec, parent_run_id: str) -> dict[str, Any] | None:
     from sweep.study import count_finished
 
     champion_cfg = spec.cfg.champion
-    finished = count_finished(study)
+    name = champion_cfg.get("registered_name") or spec.name
+    # What the selection depends on: a resumed study with nothing new keeps its champion,
+    # but a changed k, seed count or name selects again.
+    basis = {
+        "at_finished": count_finished(study),
+        "k": int(champion_cfg.k),
+        "seeds": int(champion_cfg.seeds),
+        "registered_name": name,
+    }
     previous = study.user_attrs.get(CHAMPION_ATTR)
-    if previous and previous.get("at_finished") == finished:
-        return previous  # nothing new since the last selection (a resumed, finished study)
+    if previous and all(previous.get(k) == v for k, v in basis.items()):
+        return previous
     top = candidates(study, spec, int(champion_cfg.k))
     if not top:
         return None
     seeds = [int(spec.cfg.seed) + 1000 + i for i in range(int(champion_cfg.seeds))]
-    # Re-runs of a candidate are kept in the study: a resumed study re-trains only new ones.
-    cache = dict(study.user_attrs.get(RERUNS_ATTR, {}))
-    scored = []
-    for trial in top:
-        key = f"{trial.number}:{','.join(map(str, seeds))}"
-        if key not in cache:
-            cache[key] = _rerun(trial, spec, parent_run_id, seeds)
-            study.set_user_attr(RERUNS_ATTR, cache)
-        scored.append(cache[key])
+    scored = _score_candidates(study, spec, parent_run_id, top, seeds)
     maximize = spec.monitor not in ("val/loss", "val/mae")
     best = max(scored, key=lambda s: s["val_mean"] if maximize else -s["val_mean"])
-    registered = _register(best, spec, champion_cfg.get("registered_name") or spec.name)
+    registered = _register(best, spec, name)
     champion = {
         **{k: v for k, v in best.items() if k != "results"},
         **registered,
-        "at_finished": finished,
+        **basis,
     }
     study.set_user_attr(CHAMPION_ATTR, champion)
     _log_to_parent(parent_run_id, champion)
     return champion
+
+
+def _score_candidates(study, spec, parent_run_id: str, top: list, seeds: list[int]) -> list:
+    """Each candidate re-trained with every seed. A candidate whose re-run fails (a seed on
+    which it diverges) is dropped: it is not a config to ship. Raises ChampionError when
+    every candidate failed."""
+    from sweep.tracking import one_line
+
+    # Re-runs of a candidate are kept in the study: a resumed study re-trains only new ones.
+    cache = dict(study.user_attrs.get(RERUNS_ATTR, {}))
+    scored, errors = [], []
+    for trial in top:
+        key = f"{trial.number}:{','.join(map(str, seeds))}"
+        if key not in cache:
+            try:
+                cache[key] = _rerun(trial, spec, parent_run_id, seeds)
+            except Exception as exc:  # its runs are closed FAILED with the error
+                errors.append(f"trial {trial.number}: {one_line(exc)}")
+                continue
+            study.set_user_attr(RERUNS_ATTR, cache)
+        scored.append(cache[key])
+    if not scored:
+        raise ChampionError(f"no champion: every candidate's re-run failed ({'; '.join(errors)})")
+    return scored
 
 
 def _rerun(trial, spec, parent_run_id: str, seeds: list[int]) -> dict[str, Any]:
@@ -115,7 +168,9 @@ def _register(best: dict[str, Any], spec, name: str) -> dict[str, Any]:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
-    version = mlflow.register_model(best["source_model_uri"], name)
+    # register_model prints "Successfully registered..." to stderr; our summary says it.
+    with contextlib.redirect_stderr(io.StringIO()):
+        version = mlflow.register_model(best["source_model_uri"], name)
     client.set_registered_model_alias(name, ALIAS, version.version)
     for key in ("val_mean", "val_sd", "test_mean", "test_sd", "trial", "monitor", "test_metric"):
         client.set_model_version_tag(name, version.version, key, str(best[key]))

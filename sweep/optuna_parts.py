@@ -29,8 +29,38 @@ def _options(cfg: Any, group: str, known: dict[str, type | tuple]) -> dict[str, 
     return values
 
 
+def _at_least(group: str, options: dict[str, Any], low: int, *keys: str) -> None:
+    """Integer options Optuna would accept silently (a negative n_startup_trials) or only
+    reject at the first trial (reduction_factor=1) fail here, before the study exists."""
+    for key in keys:
+        value = options.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value < low:
+            raise ConfigError(f"{group}.{key}={value}: must be >= {low}")
+
+
+def _optuna_checked(group: str, name: str, build):
+    """``build()``, with Optuna's own argument errors turned into one config line."""
+    try:
+        return build()
+    except (ValueError, TypeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"{group}={name}: {first}") from None
+
+
 def build_sampler(cfg: Any, params: list[Param], seed: int, n_workers: int, n_objectives: int):
-    """The sampler named by ``cfg.name``, seeded, and recorded as such in the parent run."""
+    """The sampler named by ``cfg.name``, seeded, and recorded as such in the parent run.
+
+    Raises ConfigError for an unknown name or option, or a value Optuna refuses.
+    """
+    name = cfg.name
+    if name not in SAMPLERS:
+        raise ConfigError(f"sampler={name}: unknown sampler; choose from: {', '.join(SAMPLERS)}")
+    return _optuna_checked(
+        "sampler", name, lambda: _build_sampler(cfg, params, seed, n_workers, n_objectives)
+    )
+
+
+def _build_sampler(cfg: Any, params: list[Param], seed: int, n_workers: int, n_objectives: int):
     import warnings
 
     import optuna
@@ -38,8 +68,6 @@ def build_sampler(cfg: Any, params: list[Param], seed: int, n_workers: int, n_ob
     # TPE's `group` and GPSampler are marked experimental; we chose them deliberately.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     name = cfg.name
-    if name not in SAMPLERS:
-        raise ConfigError(f"sampler={name}: unknown sampler; choose from: {', '.join(SAMPLERS)}")
     if name == "tpe":
         o = _options(
             cfg,
@@ -51,6 +79,7 @@ def build_sampler(cfg: Any, params: list[Param], seed: int, n_workers: int, n_ob
                 "constant_liar": (str, bool),
             },
         )
+        _at_least("sampler", o, 0, "n_startup_trials")
         liar = o.get("constant_liar", "auto")
         if liar not in ("auto", True, False):
             raise ConfigError(f"sampler.constant_liar={liar!r}: must be auto, true or false")
@@ -70,11 +99,13 @@ def build_sampler(cfg: Any, params: list[Param], seed: int, n_workers: int, n_ob
         return optuna.samplers.GridSampler(space, seed=seed)
     if name == "cmaes":
         o = _options(cfg, "sampler", {"n_startup_trials": int})
+        _at_least("sampler", o, 0, "n_startup_trials")
         if n_objectives > 1:
             raise ConfigError("sampler=cmaes: single-objective only; use sampler=nsga2 or tpe")
         return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False, **o)
     if name == "gp":
         o = _options(cfg, "sampler", {"n_startup_trials": int})
+        _at_least("sampler", o, 0, "n_startup_trials")
         return optuna.samplers.GPSampler(seed=seed, **o)
     if name == "qmc":
         o = _options(cfg, "sampler", {"qmc_type": str})
@@ -85,10 +116,16 @@ def build_sampler(cfg: Any, params: list[Param], seed: int, n_workers: int, n_ob
 
 def build_pruner(cfg: Any, max_epochs: int, n_objectives: int):
     """The pruner named by ``cfg.name``; none for multi-objective studies, which Optuna
-    cannot prune (the config is still validated)."""
+    cannot prune (the config is still validated).
+
+    Raises ConfigError for an unknown name or option, or a value Optuna refuses.
+    """
     import optuna
 
-    pruner = _build_pruner(cfg, max_epochs)
+    name = cfg.name
+    if name not in PRUNERS:
+        raise ConfigError(f"pruner={name}: unknown pruner; choose from: {', '.join(PRUNERS)}")
+    pruner = _optuna_checked("pruner", name, lambda: _build_pruner(cfg, max_epochs))
     return optuna.pruners.NopPruner() if n_objectives > 1 else pruner
 
 
@@ -97,29 +134,41 @@ def _build_pruner(cfg: Any, max_epochs: int):
 
     p = optuna.pruners
     name = cfg.name
-    if name not in PRUNERS:
-        raise ConfigError(f"pruner={name}: unknown pruner; choose from: {', '.join(PRUNERS)}")
     if name == "none":
         _options(cfg, "pruner", {})
         return p.NopPruner()
     warm = {"n_startup_trials": int, "n_warmup_steps": int}
-    if name == "median":
-        return p.MedianPruner(**_options(cfg, "pruner", warm))
-    if name == "percentile":
-        o = _options(cfg, "pruner", {**warm, "percentile": (int, float)})
-        return p.PercentilePruner(**o)
-    if name == "patient":
-        o = _options(cfg, "pruner", {**warm, "patience": int})
-        patience = o.pop("patience")
+    if name in ("median", "percentile", "patient"):
+        known = {**warm, "percentile": (int, float)} if name == "percentile" else dict(warm)
+        if name == "patient":
+            known["patience"] = int
+        o = _options(cfg, "pruner", known)
+        _at_least("pruner", o, 0, "n_startup_trials", "n_warmup_steps", "patience")
+        if name == "median":
+            return p.MedianPruner(**o)
+        if name == "percentile":
+            return p.PercentilePruner(**o)
+        patience = o.pop("patience", 0)
         return p.PatientPruner(p.MedianPruner(**o), patience=patience)
     if name == "successive_halving":
         o = _options(cfg, "pruner", {"min_resource": (int, str), "reduction_factor": int})
+        _at_least("pruner", o, 1, "min_resource")
+        _at_least("pruner", o, 2, "reduction_factor")
         return p.SuccessiveHalvingPruner(**o)
     o = _options(
         cfg, "pruner", {"min_resource": int, "max_resource": (int, str), "reduction_factor": int}
     )
-    if o.get("max_resource") == "auto":
+    _at_least("pruner", o, 1, "min_resource", "max_resource")
+    _at_least("pruner", o, 2, "reduction_factor")
+    if o.get("max_resource", "auto") == "auto":
         o["max_resource"] = max_epochs
+    elif isinstance(o["max_resource"], str):
+        raise ConfigError(f"pruner.max_resource={o['max_resource']!r}: must be an integer or auto")
+    if o.get("min_resource", 1) > o["max_resource"]:
+        raise ConfigError(
+            f"pruner.min_resource={o.get('min_resource')}: must be <= max_resource "
+            f"({o['max_resource']}; auto = trainer.max_epochs)"
+        )
     return p.HyperbandPruner(**o)
 
 

@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
-from sweep.config import CONF_DIR, to_container
+from sweep.config import CONF_DIR, RUN_KEYS, to_container
 from sweep.errors import ConfigError, SearchSpaceError
 
 TYPES = ("float", "int", "categorical")
@@ -47,6 +48,7 @@ class Param:
     is_group: bool = False
 
     def suggest(self, trial: Any) -> Any:
+        """This parameter's value for ``trial`` (an ``optuna.Trial``)."""
         if self.type == "categorical":
             return trial.suggest_categorical(self.key, list(self.choices))
         if self.type == "int":
@@ -56,6 +58,7 @@ class Param:
         return trial.suggest_float(self.key, self.low, self.high, step=self.step, log=self.log)
 
     def override(self, value: Any) -> str:
+        """``value`` as one Hydra override: ``model=cnn`` or ``optimizer.lr=0.001``."""
         if self.is_group:
             return f"{self.key}={value}"
         return f"{self.key}={format_value(value)}"
@@ -66,13 +69,18 @@ class Param:
             return list(self.choices)
         if self.step is None and self.type == "float":
             raise SearchSpaceError(
-                f"{self.key}: the grid sampler needs categorical or stepped parameters "
+                f"search.{self.key}: sampler=grid needs categorical or stepped parameters "
                 f"(add step: or use type: categorical)"
             )
         step = self.step or 1
         count = round((self.high - self.low) / step) + 1
         values = [self.low + i * step for i in range(count)]
         return [int(v) for v in values] if self.type == "int" else values
+
+
+def grid_size(params: list[Param]) -> int:
+    """How many points the grid sampler walks (inactive conditional values included)."""
+    return math.prod(len(p.grid_values()) for p in params)
 
 
 def format_value(value: Any) -> str:
@@ -98,7 +106,13 @@ def group_options(group: str) -> list[str] | None:
 
 def parse_space(raw: Any) -> list[Param]:
     """Check the format of every entry and return the parameters in file order."""
-    raw = to_container(raw) if isinstance(raw, DictConfig) else raw
+    if isinstance(raw, DictConfig):
+        try:
+            raw = to_container(raw)
+        except OmegaConfBaseException as exc:  # e.g. ${oc.env:X} with X unset
+            where = getattr(exc, "full_key", None) or "search"
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise SearchSpaceError(f"{where}: {first}") from None
     if not isinstance(raw, dict) or not raw:
         raise SearchSpaceError("search: the search space is empty; add at least one parameter")
     params: list[Param] = []
@@ -124,9 +138,7 @@ def _parse_param(key: str, spec: Any, earlier: list[str]) -> Param:
             f"{where}.{unknown[0]}: unknown field for type {kind}; "
             f"allowed: {', '.join(sorted(_KEYS[kind]))}"
         )
-    when = spec.get("when") or {}
-    if not isinstance(when, dict):
-        raise SearchSpaceError(f"{where}.when: expected a mapping like {{model: mlp}}")
+    when = _parse_when(where, spec.get("when"))
     options = group_options(key)
     if kind == "categorical":
         choices = spec.get("choices")
@@ -150,6 +162,18 @@ def _parse_param(key: str, spec: Any, earlier: list[str]) -> Param:
     return _parse_numeric(key, kind, spec, when)
 
 
+def _parse_when(where: str, when: Any) -> dict[str, Any]:
+    """``{key: value}`` or ``{key: [values]}``: every condition must be able to hold."""
+    if when is None:
+        return {}
+    if not isinstance(when, dict):
+        raise SearchSpaceError(f"{where}.when: expected a mapping like {{model: mlp}}")
+    for cond_key, expected in when.items():
+        if isinstance(expected, list) and not expected:
+            raise SearchSpaceError(f"{where}.when.{cond_key}: empty list; give at least one value")
+    return when
+
+
 def _parse_numeric(key: str, kind: str, spec: dict, when: dict) -> Param:
     where = f"search.{key}"
     low, high, step, log = (
@@ -161,6 +185,8 @@ def _parse_numeric(key: str, kind: str, spec: dict, when: dict) -> Param:
     for name, value in (("low", low), ("high", high)):
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise SearchSpaceError(f"{where}.{name}: must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise SearchSpaceError(f"{where}.{name}={value}: must be a finite number")
         if kind == "int" and not float(value).is_integer():
             raise SearchSpaceError(f"{where}.{name}={value}: must be an integer for type int")
     if not isinstance(log, bool):
@@ -245,6 +271,20 @@ def base_params(params: list[Param], base_cfg: DictConfig) -> dict[str, Any]:
     return point
 
 
+def _check_condition_can_hold(key: str, cond_key: str, expected: Any, cond: Param | None) -> None:
+    """A condition on a searched categorical that none of its choices meets would leave
+    ``key`` silently unsearched: almost always a typo."""
+    if cond is None or cond.type != "categorical":
+        return
+    wanted = expected if isinstance(expected, list) else [expected]
+    if not any(w in cond.choices for w in wanted):
+        choices = ", ".join(map(str, cond.choices))
+        raise SearchSpaceError(
+            f"search.{key}.when: {cond_key}={wanted[0] if len(wanted) == 1 else wanted} can "
+            f"never hold; search.{cond_key} chooses from: {choices}"
+        )
+
+
 def validate_space(
     params: list[Param],
     base_cfg: DictConfig,
@@ -255,8 +295,14 @@ def validate_space(
     ``compose_run(overrides)`` composes and validates a run config with extra overrides.
     """
     groups = {p.key: p.is_group for p in params}
+    by_key = {p.key: p for p in params}
     for i, param in enumerate(params):
-        for cond_key in param.when:
+        if param.key.split(".", 1)[0] not in RUN_KEYS:
+            raise SearchSpaceError(
+                f"search.{param.key}: not a run config key; a search space samples the run "
+                f"config ({', '.join(RUN_KEYS)})"
+            )
+        for cond_key, expected in param.when.items():
             if cond_key not in groups and OmegaConf.select(base_cfg, cond_key) is None:
                 raise SearchSpaceError(f"search.{param.key}.when: unknown key '{cond_key}'")
             if cond_key in groups and [p.key for p in params].index(cond_key) > i:
@@ -264,6 +310,7 @@ def validate_space(
                     f"search.{param.key}.when: '{cond_key}' must be "
                     f"defined before '{param.key}' in the file"
                 )
+            _check_condition_can_hold(param.key, cond_key, expected, by_key.get(cond_key))
         condition = [f"{k}={v[0] if isinstance(v, list) else v}" for k, v in param.when.items()]
         if param.is_group:
             probes = [[*condition, f"{param.key}={c}"] for c in param.choices]

@@ -23,7 +23,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from sweep import config as config_mod
 from sweep.errors import ConfigError, SweepError
-from sweep.space import Param, base_params, parse_space, suggest, to_overrides, validate_space
+from sweep.space import (
+    Param,
+    base_params,
+    grid_size,
+    parse_space,
+    suggest,
+    to_overrides,
+    validate_space,
+)
 
 PARENT_RUN_ATTR = "mlflow_parent_run_id"
 FINISHED_STATES = ("COMPLETE", "PRUNED")
@@ -67,6 +75,7 @@ class StudySpec:
 # -- preparation: every check before the first trial ---------------------------------------
 def prepare(overrides: list[str]) -> StudySpec:
     """Compose and validate everything; load the data once. Raises SweepError on bad input."""
+    from sweep.champion import check_settings
     from sweep.optuna_parts import build_pruner, build_sampler, storage_url
     from sweep.train import load_data, monitor_of
 
@@ -88,15 +97,18 @@ def prepare(overrides: list[str]) -> StudySpec:
     n_workers = resolve_workers(study.n_workers)
     build_sampler(cfg.sampler, params, int(study.seed), n_workers, len(metrics))
     build_pruner(cfg.pruner, int(cfg.trainer.max_epochs), len(metrics))
-    champion = cfg.get("champion") or {}
-    config_mod.INT0.check("champion.k", champion.get("k", 0))
-    config_mod.INT1.check("champion.seeds", champion.get("seeds", 1))
+    check_settings(cfg.get("champion"))
+    n_trials = int(study.n_trials)
+    if cfg.sampler.name == "grid":
+        # GridSampler stops the study once every point is visited; a larger target
+        # would make every rerun try one more (duplicate) point.
+        n_trials = min(n_trials, grid_size(params))
     return StudySpec(
         cfg=cfg,
         overrides=list(overrides),
         name=str(study.name),
         metrics=metrics,
-        n_trials=int(study.n_trials),
+        n_trials=n_trials,
         timeout=study.timeout,
         seed=int(study.seed),
         n_workers=n_workers,
@@ -160,6 +172,8 @@ def _objectives(raw: Any, monitor: str, mode: str, task: str) -> list[tuple[str,
         direction = item.get("direction", default)
         if direction not in ("maximize", "minimize"):
             raise ConfigError(f"study.metrics: direction of {name} must be maximize or minimize")
+        if name in (m for m, _ in metrics):
+            raise ConfigError(f"study.metrics: {name} is listed twice")
         metrics.append((name, direction))
     if not metrics:
         raise ConfigError("study.metrics: give at least one metric (or auto)")
@@ -168,7 +182,11 @@ def _objectives(raw: Any, monitor: str, mode: str, task: str) -> list[tuple[str,
 
 # -- the study and its parent MLflow run ----------------------------------------------------
 def open_study(spec: StudySpec, create: bool = True):
-    """Create the study (once, before any worker starts: optuna #1092) or load it."""
+    """Create the study (once, before any worker starts: optuna #1092) or load it.
+
+    ``create=False`` is a worker joining the study: other workers sample beside it, so its
+    sampler gets a seed of its own (:func:`worker_seed`) and TPE's constant liar.
+    """
     import optuna
 
     from sweep.optuna_parts import build_pruner, build_sampler, build_storage
@@ -177,9 +195,8 @@ def open_study(spec: StudySpec, create: bool = True):
     storage = build_storage(
         spec.storage_url, storage_cfg.get("heartbeat_interval"), storage_cfg.get("grace_period")
     )
-    sampler = build_sampler(
-        spec.cfg.sampler, spec.params, spec.seed, spec.n_workers, len(spec.metrics)
-    )
+    seed, n_workers = (spec.seed, spec.n_workers) if create else (worker_seed(spec.seed), 2)
+    sampler = build_sampler(spec.cfg.sampler, spec.params, seed, n_workers, len(spec.metrics))
     pruner = build_pruner(spec.cfg.pruner, int(spec.cfg.trainer.max_epochs), len(spec.metrics))
     # Optuna logs every failed trial with a traceback; our progress line and the trial's
     # MLflow run carry the one-line reason instead.
@@ -206,6 +223,19 @@ def open_study(spec: StudySpec, create: bool = True):
             f"{existing}, not {spec.directions}; use another study.name"
         )
     return study
+
+
+def worker_seed(seed: int) -> int:
+    """The sampler seed of one worker process of a parallel study.
+
+    Each process samples with its own sampler; seeded alike, they would all propose the
+    same points (a seeded RandomSampler, or TPE's random start-up trials, repeat their
+    sequence). A parallel study's trial order depends on timing anyway, so each worker
+    mixes its host and pid into the study's seed. A single-process study keeps the seed.
+    """
+    import zlib
+
+    return (seed + zlib.crc32(f"{platform.node()}:{os.getpid()}".encode())) % 2**31
 
 
 def ensure_parent_run(study, spec: StudySpec) -> str:
@@ -235,7 +265,6 @@ def ensure_parent_run(study, spec: StudySpec) -> str:
 def _log_study_settings(client, run_id: str, spec: StudySpec) -> None:
     from sweep.tracking import Recorder, redact
 
-    recorder = Recorder(run_id)
     settings = {
         "study.name": spec.name,
         "study.n_trials": spec.n_trials,
@@ -248,9 +277,10 @@ def _log_study_settings(client, run_id: str, spec: StudySpec) -> None:
         **{f"pruner.{k}": v for k, v in config_mod.flatten(spec.cfg.pruner).items()},
         **{f"base.{k}": v for k, v in config_mod.flatten(config_mod.run_part(spec.cfg)).items()},
     }
-    recorder.params(settings)
-    recorder.text(OmegaConf.to_yaml(spec.cfg.search), "search_space.yaml")
-    recorder.text(OmegaConf.to_yaml(config_mod.run_part(spec.cfg)), "base_config.yaml")
+    with Recorder(run_id) as recorder:
+        recorder.params(settings)
+        recorder.text(OmegaConf.to_yaml(spec.cfg.search), "search_space.yaml")
+        recorder.text(OmegaConf.to_yaml(config_mod.run_part(spec.cfg)), "base_config.yaml")
 
 
 # -- one trial --------------------------------------------------------------------------------
@@ -317,7 +347,7 @@ class Objective:
         overrides = config_mod.merge_overrides(
             self.spec.overrides, to_overrides(self.spec.params, sampled)
         )
-        cfg = config_mod.compose("sweep", overrides)
+        cfg = trial_config(self.spec, sampled)
         config_mod.validate_run_config(cfg)
         run_cfg = config_mod.run_part(cfg)
         pruning = OptunaPruning(trial, self.spec.monitor) if not self.spec.multi_objective else None
@@ -356,6 +386,17 @@ class Objective:
         return values[0] if len(values) == 1 else values
 
 
+def trial_config(spec: StudySpec, sampled: dict[str, Any]) -> DictConfig:
+    """The sweep config of one sampled point: what composing the study's overrides plus the
+    point's overrides gives, with Hydra composing only the group choices (see
+    :func:`sweep.config.compose_with_values`)."""
+    groups = {p.key for p in spec.params if p.is_group}
+    chosen = {k: v for k, v in sampled.items() if k in groups}
+    values = {k: v for k, v in sampled.items() if k not in groups}
+    overrides = config_mod.merge_overrides(spec.overrides, to_overrides(spec.params, chosen))
+    return config_mod.compose_with_values("sweep", overrides, values)
+
+
 def _retried_trial_number(trial) -> int | None:
     """The trial this one retries (a heartbeat-stale or killed trial), if any."""
     from optuna.storages import RetryHeartbeatStaleTrialCallback
@@ -374,37 +415,47 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _tag_run(trial, state: str, extra: dict[str, Any]) -> None:
-    from mlflow.tracking import MlflowClient
+    from sweep.tracking import Recorder
 
     run_id = trial.user_attrs.get("mlflow_run_id")
     if run_id:
-        client = MlflowClient()
-        client.set_tag(run_id, "trial.state", state)
-        for key, value in extra.items():
-            client.set_tag(run_id, key, str(value))
+        with Recorder(run_id) as recorder:  # one store call for all the tags
+            recorder.tags({"trial.state": state, **extra})
 
 
 # -- callbacks after each trial ----------------------------------------------------------------
 class StopOnRepeatedFailure:
-    """Stops the study when the last ``limit`` trials of this process failed alike."""
+    """Stops the study when this process's trials keep failing with the same error.
+
+    Before any trial of this process has finished, ``limit`` failures in a row with the
+    same error (numbers aside) stop it: the setup is broken, not one point. Once a trial
+    has finished, the space is known to hold points that work, and an error that belongs
+    to part of the space (a learning rate that diverges at the top of its range) can come
+    up several times in a row by chance; then it takes ``AFTER_SUCCESS x limit`` in a row.
+    """
+
+    AFTER_SUCCESS = 3
 
     def __init__(self, limit: int):
         self.limit = limit
-        self.recent: list[str] = []
+        self.streak: list[str] = []  # the normalised errors of the current run of failures
+        self.finished_one = False
         self.message: str | None = None
 
     def __call__(self, study, trial) -> None:
         if trial.state.name != "FAIL":
-            self.recent.clear()
+            self.streak.clear()
+            self.finished_one = self.finished_one or trial.state.name in FINISHED_STATES
             return
         error = trial.user_attrs.get("error") or trial.system_attrs.get("fail_reason", "unknown")
-        self.recent.append(error)
-        normalised = {
-            re.sub(r"[-+]?\d[\d.e+-]*|nan|inf", "#", e) for e in self.recent[-self.limit :]
-        }
-        if len(self.recent) >= self.limit and len(normalised) == 1:
+        normalised = re.sub(r"[-+]?\d[\d.e+-]*|nan|inf", "#", error)
+        if self.streak and self.streak[-1] != normalised:
+            self.streak.clear()
+        self.streak.append(normalised)
+        needed = self.limit * (self.AFTER_SUCCESS if self.finished_one else 1)
+        if len(self.streak) >= needed:
             self.message = (
-                f"study '{study.study_name}' stopped: {self.limit} trials in a row "
+                f"study '{study.study_name}' stopped: {len(self.streak)} trials in a row "
                 f"failed with: {error}"
             )
             study.stop()
@@ -476,10 +527,7 @@ def tune(overrides: list[str], progress: bool = True) -> dict[str, Any]:
     tracking.setup(spec.cfg.tracking.uri)
     study = open_study(spec)
     parent_run_id = ensure_parent_run(study, spec)
-    if not study.trials:
-        point = base_params(spec.params, spec.cfg)  # never worse than the defaults
-        if point:
-            study.enqueue_trial(point, skip_if_exists=True)
+    enqueue_base_point(study, spec)
     recover(study)  # trials and runs a killed earlier invocation left behind
     status = "FAILED"
     try:
@@ -504,6 +552,19 @@ def tune(overrides: list[str], progress: bool = True) -> dict[str, Any]:
         from mlflow.tracking import MlflowClient
 
         MlflowClient().set_terminated(parent_run_id, status=status)
+
+
+def enqueue_base_point(study, spec: StudySpec) -> None:
+    """The base config as the first trial of a new study: never worse than the defaults.
+
+    Not for the grid sampler: it walks its own points, and refuses a trial whose point
+    is not fully given (a base value outside the space).
+    """
+    if study.trials or spec.cfg.sampler.name == "grid":
+        return
+    point = base_params(spec.params, spec.cfg)
+    if point:
+        study.enqueue_trial(point, skip_if_exists=True)
 
 
 def _run_worker_rounds(study, spec: StudySpec, bar) -> None:
@@ -532,11 +593,8 @@ def finish(study, spec: StudySpec, parent_run_id: str) -> dict[str, Any]:
     from sweep.champion import select_champion
     from sweep.tracking import Recorder
 
-    recorder = Recorder(parent_run_id)
     table = trials_table(study)
-    recorder.text(table.to_csv(index=False), "trials.csv")
     counts = table["state"].value_counts().to_dict() if len(table) else {}
-    recorder.metrics({f"trials/{k.lower()}": v for k, v in counts.items()})
     summary: dict[str, Any] = {
         "study": spec.name,
         "counts": counts,
@@ -544,13 +602,18 @@ def finish(study, spec: StudySpec, parent_run_id: str) -> dict[str, Any]:
         "parent_run_id": parent_run_id,
         "champion": None,
         "direction": spec.directions[0],
+        "metrics": list(spec.metrics),
     }
-    if spec.multi_objective:
-        front = [t.number for t in study.best_trials]
-        pareto = table[table["number"].isin(front)]
-        recorder.text(pareto.to_csv(index=False), "pareto_front.csv")
-        recorder.params({"pareto_trials": ",".join(map(str, front))})
-        summary["pareto"] = pareto
+    with Recorder(parent_run_id) as recorder:
+        recorder.text(table.to_csv(index=False), "trials.csv")
+        recorder.metrics({f"trials/{k.lower()}": v for k, v in counts.items()})
+        if spec.multi_objective:
+            front = [t.number for t in study.best_trials]
+            pareto = table[table["number"].isin(front)]
+            recorder.text(pareto.to_csv(index=False), "pareto_front.csv")
+            # A tag, not a param: a resumed study's front changes, and params cannot.
+            recorder.tags({"pareto_trials": ",".join(map(str, front))})
+            summary["pareto"] = pareto
     champion_cfg = spec.cfg.get("champion") or {}
     if int(champion_cfg.get("k", 0)) > 0:
         summary["champion"] = select_champion(study, spec, parent_run_id)
@@ -602,6 +665,7 @@ class _ProgressBar:
             info="",
         )
         self.started = time.perf_counter()
+        self.refresh(study)  # a resumed study shows its best value and counts at once
 
     def __enter__(self):
         self.progress.start()
@@ -635,27 +699,17 @@ def tune_command(overrides: list[str]) -> int:
 
 
 def print_summary(summary: dict[str, Any]) -> None:
+    """The end of ``sweep tune``: trial counts, the top trials (the Pareto front of a
+    multi-objective study), the champion with its spread, where to look next."""
     from rich.console import Console
-    from rich.table import Table
 
     console = Console()
     if not console.is_terminal:
         console = Console(width=160)  # logs and pipes: no 80-column squeeze
-    table = summary["table"]
-    console.print(f"study [bold]{summary['study']}[/bold]: {summary['counts']}")
-    done = table[table["state"] == "COMPLETE"] if len(table) else table
-    if len(done):
-        value_col = "value" if "value" in done else "value_0"
-        top = done.sort_values(value_col, ascending=summary["direction"] == "minimize").head(5)
-        view = Table(title="top trials (by validation)")
-        test_col = "test/acc" if "test/acc" in done else "test/r2"
-        cols = ["number", value_col, *[c for c in done if c.startswith("params.")]]
-        cols += [test_col] if test_col in done else []
-        for col in cols:
-            # The key's last part keeps the table narrow: optimizer.lr -> lr.
-            view.add_column(col.rsplit(".", 1)[-1] if col.startswith("params.") else col)
-        for _, row in top.iterrows():
-            view.add_row(*[_fmt(row.get(c)) for c in cols])
+    counts = "  ".join(f"{state.lower()} {n}" for state, n in summary["counts"].items())
+    console.print(f"study [bold]{summary['study']}[/bold]: {counts or 'no trials'}")
+    view = _top_trials_view(summary)
+    if view is not None:
         console.print(view)
     champion = summary.get("champion")
     if champion:
@@ -669,9 +723,55 @@ def print_summary(summary: dict[str, Any]) -> None:
     console.print(f"dashboard:     make report STUDY={summary['study']}")
 
 
+def _top_trials_view(summary: dict[str, Any], rows: int = 5):
+    """A rich Table: the best finished trials by the (first) objective, COMPLETE before
+    PRUNED (a pruned value is from the epoch it stopped at), or the Pareto front."""
+    from rich.table import Table
+
+    table = summary["table"]
+    if not len(table) or ("value" not in table and "value_0" not in table):
+        return None
+    metrics = summary.get("metrics") or [("value", summary["direction"])]
+    value_cols = ["value"] if "value" in table else [f"value_{i}" for i in range(len(metrics))]
+    ascending = summary["direction"] == "minimize"
+    if "pareto" in summary:
+        top = summary["pareto"].sort_values(value_cols[0], ascending=ascending)
+        title = f"Pareto front ({', '.join(f'{m} {d[:3]}' for m, d in metrics)})"
+    else:
+        ranked = [
+            table[table["state"] == state].sort_values(value_cols[0], ascending=ascending)
+            for state in FINISHED_STATES
+        ]
+        top = _concat_nonempty(ranked).head(rows)
+        title = f"top trials (by validation {metrics[0][0]})"
+    if not len(top):
+        return None
+    test_col = next((c for c in ("test/acc", "test/r2", "test/loss") if c in table), None)
+    params = [c for c in table if c.startswith("params.")]
+    cols = ["number", "state", *value_cols, *params, *([test_col] if test_col else [])]
+    names = {v: m for v, (m, _) in zip(value_cols, metrics, strict=False)}
+    view = Table(title=title)
+    for col in cols:
+        # The key's last part keeps the table narrow: params.optimizer.lr -> lr.
+        view.add_column(col.rsplit(".", 1)[-1] if col in params else names.get(col, col))
+    for _, row in top.iterrows():
+        view.add_row(*[_fmt(row.get(c)) for c in cols])
+    return view
+
+
+def _concat_nonempty(frames: list):
+    """``pandas.concat`` of non-empty frames (pandas warns about empty ones)."""
+    import pandas as pd
+
+    frames = [f for f in frames if len(f)]
+    return pd.concat(frames) if frames else pd.DataFrame()
+
+
 def _fmt(value: Any) -> str:
     if isinstance(value, float) and value != value:  # NaN: a parameter not sampled
         return ""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        return str(int(value))  # an int column with gaps became float: 128.0 -> 128
     if isinstance(value, float):
         return f"{value:.3g}"
     return "" if value is None else str(value)

@@ -27,6 +27,7 @@ from typing import Any
 
 POLL_SECONDS = 2.0
 STOP_GRACE_SECONDS = 60.0
+WORKER_INDEX_ENV = "SWEEP_WORKER_INDEX"  # set in the worker processes a supervisor starts
 
 
 def pid_alive(pid: int) -> bool:
@@ -156,6 +157,11 @@ def worker_command(args: list[str]) -> int:
             f"study.name={spec.name}: the study has no parent run; start it with `sweep tune` first"
         )
     recover(study)
+    if spec.n_workers > 1 and WORKER_INDEX_ENV not in os.environ:
+        # `sweep worker study.n_workers=N|auto` on a machine of its own: N worker
+        # processes here (one per GPU), as `sweep tune` starts them on its machine.
+        codes = run_local_workers(study, spec)
+        return next((code for code in codes if code != 0), 0)
     try:
         failures = optimize(study, spec, parent_run_id)
     except KeyboardInterrupt:
@@ -185,7 +191,8 @@ def worker_env(index: int, n_workers: int, gpus: list[str]) -> dict[str, str]:
 
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_RUN_ID"}  # mlflow #15713
     threads = str(env_threads(n_workers))
-    env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, SWEEP_WORKER_INDEX=str(index))
+    env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+    env[WORKER_INDEX_ENV] = str(index)
     if gpus:
         env["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
     return env

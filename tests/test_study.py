@@ -92,6 +92,9 @@ def test_study_end_to_end_trials_runs_parent_and_champion(tracked, tmp_path):
     assert len(best_curve) == 5 and best_curve[-1].value == pytest.approx(study.best_value)
     artifacts = {a.path for a in client.list_artifacts(parent_id)}
     assert {"trials.csv", "search_space.yaml", "base_config.yaml"} <= artifacts
+    states = [t.state.name for t in study.trials]
+    for state in set(states):
+        assert parent.data.metrics[f"trials/{state.lower()}"] == states.count(state)
 
     # Champion: registered, aliased, tagged with its spread, loads and predicts.
     champion = summary["champion"]
@@ -231,6 +234,7 @@ def test_a_conditional_parameter_is_only_sampled_when_its_condition_holds(tracke
         ]
     )
     study = _study("cond", [searchpath])
+    assert {t.state.name for t in study.trials} <= {"COMPLETE", "PRUNED"}
     runs = {r.info.run_id: r for r in _runs("cond")}
     models = set()
     for trial in study.trials:
@@ -264,6 +268,24 @@ def test_multi_objective_study_logs_the_pareto_front(tracked):
     assert len(summary["pareto"]) == len(study.best_trials) >= 1
     parent = study.user_attrs["mlflow_parent_run_id"]
     assert "pareto_front.csv" in {a.path for a in MlflowClient().list_artifacts(parent)}
+    front = ",".join(str(t.number) for t in study.best_trials)
+    assert MlflowClient().get_run(parent).data.tags["pareto_trials"] == front
+
+
+def test_the_terminal_summary_shows_the_pareto_front_with_metric_names(tracked, capsys):
+    from sweep.study import print_summary
+
+    summary = _tune(
+        [*QUICK, "study.name=front", "study.n_trials=3", "study.metrics=[val/acc,model/params]"]
+    )
+    capsys.readouterr()
+    print_summary(summary)
+    out = capsys.readouterr().out
+    assert "Pareto front (val/acc max, model/params min)" in out
+    header = next(line for line in out.splitlines() if "number" in line)
+    assert "val/acc" in header and "model/params" in header and "state" in header
+    for number in summary["pareto"]["number"]:
+        assert any(line.split()[1:2] == [str(number)] for line in out.splitlines())
 
 
 @pytest.mark.parametrize("sampler", ["random", "cmaes", "gp", "qmc"])
@@ -279,6 +301,76 @@ def test_every_sampler_runs_a_study(tracked, sampler):
         ]
     )
     assert len(_study(f"s_{sampler}").trials) == 2
+
+
+def test_a_seeded_study_reproduces_its_points_and_values(tracked):
+    settings = [*QUICK, "sampler.n_startup_trials=1", "study.n_trials=3", "pruner=none"]
+    _tune([*settings, "study.name=seeded_a"])
+    _tune([*settings, "study.name=seeded_b"])
+    first, second = _study("seeded_a").trials, _study("seeded_b").trials
+    assert len(first) == len(second) == 3
+    # Trials 1 and 2 are TPE's model-based proposals: they depend on earlier values too.
+    assert [t.params for t in first] == [t.params for t in second]
+    assert [t.values for t in first] == [t.values for t in second]
+
+
+def test_a_grid_study_walks_its_points_once_without_the_base_point(tracked, tmp_path):
+    # The base width (64) is outside the grid: enqueued, the grid sampler would fail it.
+    searchpath = _custom_search(
+        tmp_path,
+        "grid2",
+        "model.width: {type: categorical, choices: [8, 16]}\n"
+        "optimizer.lr: {type: categorical, choices: [0.003, 0.01]}\n",
+    )
+    settings = [*QUICK, searchpath, "search=grid2", "sampler=grid", "study.name=grid2"]
+    _tune([*settings, "study.n_trials=10", "trainer.max_epochs=2"])
+    _tune([*settings, "study.n_trials=10", "trainer.max_epochs=2"])  # resumed: done already
+    study = _study("grid2", [searchpath])
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4
+    points = {(t.params["model.width"], t.params["optimizer.lr"]) for t in study.trials}
+    assert points == {(8, 0.003), (8, 0.01), (16, 0.003), (16, 0.01)}
+
+
+def test_champion_skips_a_candidate_whose_rerun_fails_and_follows_new_settings(tracked, tmp_path):
+    import pandas as pd
+    from mlflow.tracking import MlflowClient
+
+    from sweep.train import _cached_dataset
+
+    rows = pd.DataFrame({"x": range(120), "z": [i % 7 for i in range(120)]})
+    rows["y"] = (rows.x % 3 == 0).astype(int)
+    rows.to_csv(tmp_path / "keep.csv", index=False)
+    rows.to_csv(tmp_path / "gone.csv", index=False)
+    searchpath = _custom_search(
+        tmp_path, "files", "data.path: {type: categorical, choices: [gone.csv, keep.csv]}\n"
+    )
+    settings = [
+        searchpath,
+        "search=files",
+        "data=csv",
+        "data.path=keep.csv",
+        "data.target=y",
+        "trainer.max_epochs=2",
+        "sampler=grid",
+        "study.name=files",
+        "study.n_trials=2",
+    ]
+    _tune([*settings, "champion.k=0"])
+    assert {t.params["data.path"] for t in _study("files", [searchpath]).trials} == {
+        "gone.csv",
+        "keep.csv",
+    }
+    # The file of one candidate disappears before the champion is picked.
+    (tmp_path / "gone.csv").unlink()
+    _cached_dataset.cache_clear()
+    summary = _tune([*settings, "champion.k=2", "champion.seeds=1"])
+    study = _study("files", [searchpath])
+    keep = next(t for t in study.trials if t.params["data.path"] == "keep.csv")
+    assert summary["champion"]["trial"] == keep.number
+    version = MlflowClient().get_model_version_by_alias("files", "champion")
+    assert version.tags["trial"] == str(keep.number)
+    failed = [r for r in _runs("files", role="champion_rerun") if r.info.status == "FAILED"]
+    assert len(failed) == 1 and "gone.csv" in failed[0].data.tags["error"]
 
 
 @pytest.mark.parametrize(

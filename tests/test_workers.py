@@ -118,6 +118,23 @@ def _run_parallel_study(tracked, tmp_path, name: str, extra: list[str]):
     study = _assert_complete(name, 8, extra)
     workers = {t.user_attrs["worker"] for t in study.trials}
     assert len(workers) >= 2, f"one worker did all the work: {workers}"
+    _assert_distinct_points(study)
+
+
+def _assert_distinct_points(study) -> None:
+    """Workers sample with seeds of their own: no two sampled trials share a point (the
+    enqueued base config and retries repeat a point on purpose)."""
+    from optuna.storages import RetryHeartbeatStaleTrialCallback as Retry
+
+    sampled = [
+        t.params["optimizer.lr"]
+        for t in study.trials
+        if t.number > 0
+        and t.params
+        and "retry_of" not in t.user_attrs
+        and Retry.retried_trial_number(t) is None
+    ]
+    assert len(sampled) == len(set(sampled)), f"workers proposed the same points: {sampled}"
 
 
 def test_four_local_workers_share_the_embedded_journal_storage(tracked, tmp_path):
@@ -279,7 +296,8 @@ def test_multi_machine_recipe_tracking_server_postgres_and_a_joining_worker(tmp_
         _wait_http(f"{uri}/health")
         coordinator = _start(["tune", *overrides], tmp_path, uri)
         _wait_for_running_trial("multi", overrides[6:9])
-        worker = _start(["worker", *overrides], tmp_path, uri)
+        # The joining machine runs `sweep worker study.n_workers=2`: two worker processes.
+        worker = _start(["worker", *overrides, "study.n_workers=2"], tmp_path, uri)
         _out, err = coordinator.communicate(timeout=400)
         assert coordinator.returncode == 0, err[-3000:]
         _out, werr = worker.communicate(timeout=120)
@@ -298,8 +316,12 @@ def test_multi_machine_recipe_tracking_server_postgres_and_a_joining_worker(tmp_
 
         mlflow.set_tracking_uri(uri)
         study = _load("multi", overrides[6:9])
-        workers = {t.user_attrs["worker"] for t in study.trials}
-        assert len(workers) == 2, workers  # the joining worker took trials too
+        pids = {int(t.user_attrs["worker"].rsplit(":", 1)[1]) for t in study.trials}
+        # The joining machine's worker processes (children of its `sweep worker`) took
+        # trials too.
+        assert pids - {coordinator.pid, worker.pid}, pids
+        assert worker.pid not in pids  # it supervises; its children run the trials
+        _assert_distinct_points(study)
         version = MlflowClient(tracking_uri=uri).get_model_version_by_alias("multi", "champion")
         assert version.source  # the champion model went through the server's artifact store
         assert (tmp_path / "art").exists()

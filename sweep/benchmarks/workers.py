@@ -1,18 +1,25 @@
-"""1 vs 2 local workers on the same study shape: trials per minute, measured from the
-trials' own start and end times (steady state) and from the command's wall time."""
+"""1 vs 2 local workers on the same study: trials per minute, measured from the trials'
+own start and end times (steady state) and from the command's wall time.
+
+Every trial costs the same (the MLP on mnist1d for a fixed number of epochs; only the
+learning rate is searched, no pruning, no early stopping), so both runs do the same work
+and the ratio measures the workers, not which points the sampler happened to pick.
+"""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from sweep.benchmarks.common import workdir
 
+SPACE = "optimizer.lr: {type: float, low: 1.0e-3, high: 1.0e-2, log: true}\n"
 OVERRIDES = [
     "data=mnist1d",
-    "search=default",
+    "model=mlp",
     "sampler=random",
     "pruner=none",
     "trainer.max_epochs=10",
@@ -25,8 +32,13 @@ def _measure(n_workers: int, n_trials: int) -> dict[str, float]:
     from sweep.check import load_study
 
     with workdir(f"workers{n_workers}") as tmp:
+        search = Path(tmp) / "conf" / "search"
+        search.mkdir(parents=True)
+        (search / "lr.yaml").write_text(SPACE)
         overrides = [
             *OVERRIDES,
+            f"hydra.searchpath=[file://{tmp}/conf]",
+            "search=lr",
             f"study.n_workers={n_workers}",
             f"study.n_trials={n_trials}",
             "study.name=throughput",

@@ -1,0 +1,170 @@
+"""Search spaces, samplers, pruners and study settings: every bad one fails in
+``sweep.study.prepare`` (before any study, run or trial exists) with one line naming it;
+the repeated-failure stop tells a broken setup from a partly bad space."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sweep.errors import ConfigError, SearchSpaceError
+
+QUICK = ["data=synthetic", "search=tiny", "trainer.max_epochs=2", "champion.k=0"]
+
+
+def _prepare(overrides: list[str]):
+    from sweep.study import prepare
+
+    return prepare([*QUICK, *overrides])
+
+
+def _space(tmp_path: Path, text: str) -> list[str]:
+    """Overrides selecting ``text`` as the search space, from the user's own folder."""
+    folder = tmp_path / "myconf" / "search"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "mine.yaml").write_text(text)
+    return [f"hydra.searchpath=[file://{tmp_path / 'myconf'}]", "search=mine"]
+
+
+@pytest.mark.parametrize(
+    ("space", "message"),
+    [
+        (
+            "model: {type: categorical, choices: [mlp, cnn]}\n"
+            "model.width: {type: int, low: 8, high: 32, when: {model: []}}\n",
+            "search.model.width.when.model: empty list",
+        ),
+        (
+            "model: {type: categorical, choices: [mlp]}\n"
+            "model.channels: {type: int, low: 8, high: 32, when: {model: cnn}}\n",
+            "search.model.channels.when: model=cnn can never hold",
+        ),
+        ("study.n_trials: {type: int, low: 1, high: 5}\n", "search.study.n_trials: not a run"),
+        ("sampler.n_startup_trials: {type: int, low: 1, high: 5}\n", "search.sampler"),
+        ("optimizer.lr: {type: float, low: 1.0e-3, high: .inf}\n", "high=inf: must be finite"),
+        ("optimizer.lr: {type: float, low: .nan, high: 0.1}\n", "low=nan: must be finite"),
+        ("model.width: {type: int, low: 8.5, high: 20}\n", "low=8.5: must be an integer"),
+        ("model.width: {type: int, low: 8, high: 20, step: 2, log: true}\n", "step and log"),
+        ("optimizer.lr: {type: float, low: 1.0e-3, high: 0.1, choices: [1]}\n", "unknown field"),
+        ("optimizer.lr: 0.1\n", "search.optimizer.lr: expected a mapping"),
+        ("model: {type: int, low: 1, high: 2}\n", "'model' is a config group"),
+        (
+            "model.width: {type: int, low: 8, high: 20, when: {model: mlp}}\n"
+            "model: {type: categorical, choices: [mlp, cnn]}\n",
+            "'model' must be defined before 'model.width'",
+        ),
+        ("model.width: {type: int, low: 8, high: 20, when: {modell: mlp}}\n", "unknown key"),
+        ("model.activation: {type: categorical, choices: [relu, banana]}\n", "'banana'"),
+    ],
+)
+def test_bad_search_spaces_fail_in_prepare(mlflow_store, tmp_path, space, message):
+    with pytest.raises(SearchSpaceError) as caught:
+        _prepare(_space(tmp_path, space))
+    assert message.replace("must be finite", "must be a finite number") in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_a_grid_needs_discrete_parameters_and_caps_n_trials(mlflow_store, tmp_path):
+    with pytest.raises(SearchSpaceError, match=r"search\.optimizer\.lr: sampler=grid needs"):
+        _prepare(["sampler=grid"])
+    grid = _space(
+        tmp_path,
+        "model.width: {type: categorical, choices: [8, 16]}\n"
+        "optimizer.lr: {type: float, low: 1.0e-3, high: 3.0e-3, step: 1.0e-3}\n",
+    )
+    # 2 x 3 points: a larger target would make every rerun evaluate a duplicate.
+    assert _prepare([*grid, "sampler=grid", "study.n_trials=50"]).n_trials == 6
+    assert _prepare([*grid, "sampler=grid", "study.n_trials=4"]).n_trials == 4
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["sampler.n_startup_trials=-1"], "sampler.n_startup_trials=-1: must be >= 0"),
+        (["sampler=gp", "sampler.n_startup_trials=-3"], "sampler.n_startup_trials=-3"),
+        (["sampler=qmc", "sampler.qmc_type=bogus"], "sampler=qmc: The `qmc_type='bogus'`"),
+        (["sampler=nsga2", "sampler.population_size=1"], "sampler=nsga2: `population_size`"),
+        (["+sampler.foo=1"], "sampler.foo: unknown option for sampler 'tpe'"),
+        (["pruner=percentile", "pruner.percentile=150"], "pruner=percentile: Percentile must"),
+        (["pruner.n_warmup_steps=-1"], "pruner.n_warmup_steps=-1: must be >= 0"),
+        (["pruner=patient", "pruner.patience=-1"], "pruner.patience=-1: must be >= 0"),
+        (["pruner=hyperband", "pruner.reduction_factor=1"], "pruner.reduction_factor=1"),
+        (["pruner=hyperband", "pruner.min_resource=0"], "pruner.min_resource=0: must be >= 1"),
+        (["pruner=hyperband", "pruner.max_resource=bogus"], "pruner.max_resource='bogus'"),
+        (
+            ["pruner=hyperband", "pruner.min_resource=5", "trainer.max_epochs=2"],
+            "pruner.min_resource=5: must be <= max_resource (2",
+        ),
+        (["pruner=successive_halving", "pruner.reduction_factor=1"], "reduction_factor=1"),
+        (["pruner=successive_halving", "pruner.min_resource=bogus"], "successive_halving"),
+        (["study.metrics=[val/acc,val/acc]"], "study.metrics: val/acc is listed twice"),
+        (["+champion.bogus=1"], "champion.bogus: unknown key"),
+        (["champion.registered_name=team/model"], "champion.registered_name='team/model'"),
+    ],
+)
+def test_bad_sampler_pruner_study_or_champion_settings_fail_in_prepare(
+    mlflow_store, overrides, message
+):
+    with pytest.raises(ConfigError) as caught:
+        _prepare(overrides)
+    assert message in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "random", "grid", "cmaes", "gp", "qmc", "nsga2"])
+def test_every_shipped_sampler_config_passes(mlflow_store, tmp_path, sampler):
+    discrete = _space(tmp_path, "model.width: {type: categorical, choices: [8, 16]}\n")
+    assert _prepare([*discrete, f"sampler={sampler}"]).cfg.sampler.name == sampler
+
+
+@pytest.mark.parametrize(
+    "pruner", ["median", "hyperband", "successive_halving", "percentile", "patient", "none"]
+)
+def test_every_shipped_pruner_config_passes(mlflow_store, pruner):
+    assert _prepare([f"pruner={pruner}"]).cfg.pruner.name == pruner
+
+
+def _scripted_study(outcomes: str, limit: int):
+    """A real in-memory Optuna study whose trials end as scripted: ``o`` finishes, a
+    letter fails with that error. Returns the trials run and the stop message."""
+    import optuna
+
+    from sweep.study import StopOnRepeatedFailure
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    study = optuna.create_study()
+    stop = StopOnRepeatedFailure(limit)
+
+    def objective(trial):
+        outcome = outcomes[trial.number]
+        if outcome != "o":
+            trial.set_user_attr("error", f"ValueError: bad point {outcome} at epoch {trial.number}")
+            raise ValueError(outcome)
+        return 1.0
+
+    study.optimize(objective, n_trials=len(outcomes), catch=(ValueError,), callbacks=[stop])
+    return len(study.trials), stop.message
+
+
+def test_the_same_error_from_the_start_stops_after_limit_trials():
+    ran, message = _scripted_study("aaaaaaaaaa", limit=3)
+    assert ran == 3
+    assert message is not None
+    assert message.endswith("3 trials in a row failed with: ValueError: bad point a at epoch 2")
+
+
+def test_a_partly_bad_space_does_not_stop_the_study():
+    # Once a trial has finished the space has working points: three failures in a row
+    # (a diverging corner of the space) are chance, not a broken setup.
+    ran, message = _scripted_study("oaaaoaaoaaaaoo", limit=3)
+    assert (ran, message) == (14, None)
+    # Different errors in a row are not "the same error".
+    ran, message = _scripted_study("ababab", limit=3)
+    assert (ran, message) == (6, None)
+
+
+def test_after_a_success_a_long_run_of_one_error_still_stops():
+    ran, message = _scripted_study("o" + "a" * 12, limit=2)
+    assert ran == 1 + 2 * 3
+    assert "6 trials in a row failed with: ValueError: bad point a" in message
