@@ -58,8 +58,14 @@ tracking-server: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m sweep.benchmarks $(ARGS)
 
+# MLflow UI over the local store (or MLFLOW_TRACKING_URI's database), on 127.0.0.1 only.
+# One uvicorn worker is plenty for one person (MLflow's default, 4, starts 4 processes),
+# and MLflow's GenAI job runner (8 huey consumer processes) is not used by sweeps.
+UI_WORKERS ?= 1
 ui: $(STAMP)
-	$(BIN)/mlflow ui --backend-store-uri $${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db} --host $(HOST) --port $(PORT)
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=$${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false} \
+	$(BIN)/mlflow ui --backend-store-uri $${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db} \
+	  --host $(HOST) --port $(PORT) --workers $(UI_WORKERS)
 
 clean:
 	rm -rf .pytest_cache .ruff_cache lightning_logs

@@ -66,6 +66,8 @@ SUMMARY_KEYS = frozenset({"time/fit", "best_value", "pareto_size"})
 
 #: Trial states a sweep run can carry in its ``trial.state`` tag (plain runs: run status).
 TRIAL_STATES = ("COMPLETE", "PRUNED", "FAIL", "CHAMPION_RERUN")
+#: What ``states=`` accepts: trial states, and MLflow run statuses for plain runs.
+KNOWN_STATES = (*TRIAL_STATES, "FINISHED", "FAILED", "KILLED", "RUNNING")
 
 _INT_RE = r"[+-]?\d+"
 
@@ -78,7 +80,35 @@ def _client(tracking_uri: str | None):
     from sweep.tracking import setup
 
     # setup() also quiets the sqlite store's schema-migration chatter.
-    return MlflowClient(tracking_uri=setup(tracking_uri))
+    uri = setup(tracking_uri)
+    check_server(uri)
+    return MlflowClient(tracking_uri=uri)
+
+
+def check_server(uri: str, timeout: float = 5.0) -> None:
+    """ConfigError at once when an http(s) tracking URI does not answer.
+
+    MLflow's client retries a refused connection with backoff for about four minutes
+    before it raises; reading runs should say in seconds that the server is not there.
+    Any HTTP answer (even 401 or 404 from a proxy) counts as reachable.
+    """
+    import urllib.error
+    import urllib.request
+
+    from sweep.tracking import redact
+
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):
+            return
+    except urllib.error.HTTPError:
+        return
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise ConfigError(
+            f"tracking.uri={redact(uri)}: no MLflow server answers ({reason})"
+        ) from None
 
 
 def _as_list(value: str | Iterable[str] | None) -> list[str] | None:
@@ -121,25 +151,37 @@ def _experiments(client, names: Sequence[str] | None) -> dict[str, str]:
 
 def _search(client, experiment_ids: list[str], filter_string: str) -> list:
     """Every active run of the experiments that matches the filter, page by page."""
-    from mlflow.entities import ViewType
-
     if not experiment_ids:
         return []
     found: list = []
     token = None
     with _gc_paused():
         while True:
-            page = client.search_runs(
-                experiment_ids,
-                filter_string=filter_string,
-                run_view_type=ViewType.ACTIVE_ONLY,
-                max_results=PAGE_SIZE,
-                page_token=token,
-            )
+            page = _search_page(client, experiment_ids, filter_string, token)
             found.extend(page)
             token = page.token
             if not token:
                 return found
+
+
+def _search_page(client, experiment_ids: list[str], filter_string: str, token: str | None):
+    """One page of ``search_runs``; a filter MLflow cannot parse becomes a ConfigError."""
+    from mlflow.entities import ViewType
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.search_runs(
+            experiment_ids,
+            filter_string=filter_string,
+            run_view_type=ViewType.ACTIVE_ONLY,
+            max_results=PAGE_SIZE,
+            page_token=token,
+        )
+    except MlflowException as exc:
+        if exc.error_code != "INVALID_PARAMETER_VALUE" or not filter_string:
+            raise
+        message = str(exc.message).strip().splitlines()[0]
+        raise ConfigError(f"filter={filter_string!r}: {message}") from None
 
 
 @contextlib.contextmanager
@@ -195,6 +237,15 @@ def typed(values: pd.Series) -> pd.Series:
     return s
 
 
+def _check_states(states: Iterable[str]) -> None:
+    """ConfigError naming the first state that no run can have (a typo would match nothing)."""
+    for state in states:
+        if state.upper() not in KNOWN_STATES:
+            raise ConfigError(
+                f"states: unknown state {state!r}; choose from: {', '.join(KNOWN_STATES)}"
+            )
+
+
 def _int_or_none(value: str | None) -> int | None:
     if value is None or not re.fullmatch(_INT_RE, value.strip()):
         return None
@@ -226,6 +277,10 @@ def runs(
             study settings, not a training run, so they are left out by default.
         tags: extra tag keys to return as columns named ``tag.<key>``.
 
+    Raises:
+        ConfigError: an unknown experiment or state, a filter MLflow cannot parse, or an
+            http(s) tracking URI where no server answers.
+
     Columns: experiment, study, trial (the trial number; the source trial for champion
     re-runs), state, role, run_id, run_name, parent_run_id, start (UTC timestamp),
     duration_s, monitor, mode, pruned_epoch, error, then one column per param (config
@@ -234,6 +289,7 @@ def runs(
     """
     import pandas as pd
 
+    _check_states(_as_list(states) or [])
     client = _client(tracking_uri)
     names = _experiments(client, _as_list(experiments))
     study_list = _as_list(studies)
@@ -549,14 +605,16 @@ def parse_command_args(args: Sequence[str]) -> dict[str, Any]:
                 raise ConfigError(f"limit={value!r}: must be a whole number")
             out[key] = int(value)
         else:
-            out[key.replace(".", "_")] = value.strip("'\"") or None
-    for state in out.get("states", []):
-        if state.upper() not in (*TRIAL_STATES, "FINISHED", "FAILED", "KILLED", "RUNNING"):
-            raise ConfigError(
-                f"states: unknown state {state!r}; choose from: "
-                f"{', '.join(TRIAL_STATES)}, FINISHED, FAILED, KILLED, RUNNING"
-            )
+            out[key.replace(".", "_")] = _unquote(value) or None
+    _check_states(out.get("states", []))
     return out
+
+
+def _unquote(value: str) -> str:
+    """Drop one pair of enclosing quotes; a filter's own quoted literals stay intact."""
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+        return value[1:-1]
+    return value
 
 
 def compare_command(args: list[str]) -> int:
@@ -618,12 +676,14 @@ def _runs_table(frame: pd.DataFrame, limit: int):
     metric_cols = [
         c for c in metric_columns(shown) if c.startswith(("best/", "test/")) and c != "best/epoch"
     ]
+    # tracking.* (experiment name, store URI) differ between experiments by construction.
+    params = [c for c in varying_params(shown) if not c.startswith("tracking.")]
     columns = [
         "experiment",
         "trial",
         "state",
         "run_name",
-        *varying_params(shown),
+        *params,
         *metric_cols,
         "duration_s",
     ]

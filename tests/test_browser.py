@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 from test_compare import STUDY_A, STUDY_B, TinyStore, tiny_store
+from test_report import listening_hosts, make_target, stop_group, wait_for_listener
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 CHROME_FLAGS = (
@@ -241,6 +242,23 @@ def test_blank_page_check_detects_blank(chrome: Chrome, tmp_path: Path) -> None:
     assert spread < 1 and colours <= 2
 
 
+def test_error_check_detects_errors(chrome: Chrome, tmp_path: Path) -> None:
+    """The JavaScript error check itself: an exception and a console error are caught."""
+    page = tmp_path / "broken.html"
+    page.write_text(
+        "<!DOCTYPE html><html><body><script>console.error('logged failure');"
+        "setTimeout(() => { document.body.dataset.done = 1; null.plot(); }, 0);"
+        "</script></body></html>"
+    )
+    chrome.events.clear()
+    chrome.open(page.as_uri())
+    chrome.wait_for("document.body.dataset.done === '1'", timeout=15)
+    chrome.evaluate("1")  # one more round trip: the exception event arrives before its answer
+    errors = chrome.errors()
+    assert any("logged failure" in e for e in errors), errors
+    assert any("TypeError" in e for e in errors), errors
+
+
 # -- the MLflow UI --------------------------------------------------------------------------------
 def _free_port() -> int:
     with socket.socket() as s:
@@ -258,54 +276,17 @@ def _api(base: str, path: str, body: dict | None = None) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def mlflow_server(store: TinyStore, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`mlflow server` (what `make ui` runs) on a free loopback port over the tiny store."""
+def mlflow_server(store: TinyStore) -> Iterator[str]:
+    """`make ui` on a free loopback port over the tiny store; its base URL."""
     port = _free_port()
-    log = tmp_path_factory.mktemp("mlflow-server") / "server.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"  # no job-runner processes to start
-    mlflow = Path(os.sys.executable).with_name("mlflow")
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [
-                str(mlflow),
-                "server",
-                "--backend-store-uri",
-                store.uri,
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--workers",
-                "1",
-            ],
-            cwd=store.root,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # one process group: the server and its workers
-        )
-    base = f"http://127.0.0.1:{port}"
+    proc = make_target("ui", store.root, store.uri, PORT=str(port))
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/health", timeout=5) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"mlflow server did not start:\n{log.read_text()[-3000:]}")
-            time.sleep(0.5)
-        yield base
+        wait_for_listener(proc, port, "/health", timeout=120)
+        if Path("/proc/net/tcp").exists():
+            assert listening_hosts(port) == {"127.0.0.1"}  # never on other interfaces
+        yield f"http://127.0.0.1:{port}"
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+        stop_group(proc)
 
 
 def test_mlflow_rest_api_lists_the_trial_runs(store: TinyStore, mlflow_server: str) -> None:
@@ -320,9 +301,39 @@ def test_mlflow_rest_api_lists_the_trial_runs(store: TinyStore, mlflow_server: s
     ]
     study = store.optuna_study(STUDY_A)
     assert roles.count("trial") == len(study.trials)
-    assert roles.count("champion_rerun") == 2 and roles.count("study") == 1
+    assert roles.count("champion_rerun") == 4 and roles.count("study") == 1
     names = {r["info"]["run_name"] for r in found}
     assert {f"trial-{t.number:04d}" for t in study.trials} <= names
+
+
+def test_compare_reads_the_same_through_the_server(store: TinyStore, mlflow_server: str) -> None:
+    """sweep.compare over the REST API (the server `make ui` runs) equals the direct read."""
+    import mlflow
+    import pandas as pd
+
+    from sweep import compare
+
+    previous = mlflow.get_tracking_uri()
+    try:
+        frames = [
+            compare.runs(
+                [STUDY_A, STUDY_B],
+                include_parents=True,
+                tags=compare.CHAMPION_TAGS,
+                tracking_uri=uri,
+            )
+            for uri in (store.uri, mlflow_server)
+        ]
+        pd.testing.assert_frame_equal(*frames)
+        assert frames[0].attrs == frames[1].attrs
+        ids = frames[0].loc[frames[0]["role"] == "trial", "run_id"].tolist()
+        curves = [compare.history(ids, tracking_uri=uri) for uri in (store.uri, mlflow_server)]
+        pd.testing.assert_frame_equal(*curves)
+        assert set(curves[0]["run_id"]) == set(ids)
+        tables = [compare.summary(frame=frame) for frame in frames]
+        pd.testing.assert_frame_equal(*tables)
+    finally:
+        mlflow.set_tracking_uri(previous)
 
 
 def test_mlflow_ui_shows_the_trial_runs(
@@ -330,9 +341,16 @@ def test_mlflow_ui_shows_the_trial_runs(
 ) -> None:
     experiment = _api(mlflow_server, f"experiments/get-by-name?experiment_name={STUDY_A}")
     experiment_id = experiment["experiment"]["experiment_id"]
+    n_runs = len(_api(mlflow_server, "runs/search", {"experiment_ids": [experiment_id]})["runs"])
+    chrome.events.clear()
     chrome.open(f"{mlflow_server}/#/experiments/{experiment_id}/runs")
     # The SPA lists the parent run; its trials are nested under it, one click away.
     chrome.wait_for(f"document.body.innerText.includes('study-{STUDY_A}')", timeout=60)
+    # The page's own count of the experiment's runs is the REST API's.
+    counted = chrome.wait_for(
+        "(document.body.innerText.match(/(\\d+) matching runs/) || [])[1]", timeout=30
+    )
+    assert int(counted) == n_runs
     chrome.wait_for(
         """(() => { const b = document.querySelector(
               'button[data-component-id*="runnamecellrenderer"]');
@@ -344,3 +362,6 @@ def test_mlflow_ui_shows_the_trial_runs(
     chrome.wait_for(check, timeout=30)
     spread, colours = _pixels(chrome.screenshot())
     assert spread > 5 and colours > 10
+    # No uncaught exception in the app. (Console/network errors are MLflow's own: without
+    # the auth app it probes /users/current and gets a 404.)
+    assert [e for e in chrome.events if e["method"] == "Runtime.exceptionThrown"] == []

@@ -16,7 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
-STUDY_A = "tiny_a"  # single objective, pruning, champion (k=1, 2 seeds)
+STUDY_A = "tiny_a"  # single objective, pruning, champion (k=2 candidates, 2 seeds each)
 STUDY_B = "tiny_b"  # multi-objective (val/acc, model/params), no champion
 PLAIN = "plain"  # one `sweep train` run, no study
 COMMON = ["data=synthetic", "search=tiny", "trainer.max_epochs=3"]
@@ -73,7 +73,7 @@ def _build(uri: str) -> None:
             [
                 *COMMON,
                 "study.n_trials=4",
-                "champion.k=1",
+                "champion.k=2",
                 "champion.seeds=2",
                 f"study.name={STUDY_A}",
                 f"tracking.uri={uri}",
@@ -130,8 +130,9 @@ def test_runs_one_row_per_run_with_trial_states(store: TinyStore) -> None:
         # best/acc in MLflow is the best-epoch val/acc Optuna recorded for the trial.
         assert math.isclose(frame.loc[row.Index, "best/acc"], optuna_trial.user_attrs["val/acc"])
     reruns = frame[frame["role"] == "champion_rerun"]
-    assert len(reruns) == 2 and set(reruns["state"]) == {"CHAMPION_RERUN"}
-    assert set(reruns["trial"]) == {study.user_attrs["champion"]["trial"]}
+    assert len(reruns) == 4 and set(reruns["state"]) == {"CHAMPION_RERUN"}
+    assert study.user_attrs["champion"]["trial"] in set(reruns["trial"])
+    assert reruns.groupby("trial").size().tolist() == [2, 2]  # 2 candidates x 2 seeds
     assert "study" not in set(frame["role"])  # parent runs only on request
     assert set(frame["experiment"]) == {STUDY_A} and set(frame["study"]) == {STUDY_A}
     assert frame["run_id"].is_unique
@@ -185,7 +186,7 @@ def test_runs_filters_by_study_state_and_mlflow_filter(store: TinyStore) -> None
     filtered = compare.runs(
         [STUDY_A], filter="tags.`sweep.role` = 'champion_rerun'", tracking_uri=store.uri
     )
-    assert set(filtered["role"]) == {"champion_rerun"} and len(filtered) == 2
+    assert set(filtered["role"]) == {"champion_rerun"} and len(filtered) == 4
 
     parents = compare.runs(
         [STUDY_A], include_parents=True, tags=["champion.version"], tracking_uri=store.uri
@@ -259,7 +260,7 @@ def test_summary_counts_best_and_champion(store: TinyStore) -> None:
     assert (a.complete, a.pruned, a.fail) == tuple(
         states.count(s) for s in ("COMPLETE", "PRUNED", "FAIL")
     )
-    assert a.champion_rerun == 2 and a.runs == len(states) + 2
+    assert a.champion_rerun == 4 and a.runs == len(states) + 4
     assert a.monitor == "val/acc"
     assert math.isclose(a.best_val, study.best_value) and a.best_trial == study.best_trial.number
     champion = study.user_attrs["champion"]
@@ -298,13 +299,66 @@ def test_compare_command_prints_both_tables(
     assert "PRUNED" not in out  # states=[COMPLETE] filters the runs table
 
 
-def test_compare_command_rejects_bad_arguments(capsys: pytest.CaptureFixture) -> None:
+def test_compare_command_rejects_bad_arguments(
+    store: TinyStore, capsys: pytest.CaptureFixture
+) -> None:
     from sweep.cli import main
 
     assert main(["compare", "experiment=a"]) == 2
     assert "key one of: experiments" in capsys.readouterr().err
     assert main(["compare", "states=[DONE]"]) == 2
     assert "unknown state 'DONE'" in capsys.readouterr().err
+    bad_filter = ["compare", f"tracking.uri={store.uri}", "filter=params.x ==== 1"]
+    assert main(bad_filter) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: filter='params.x ==== 1': ") and err.count("\n") == 1
+
+
+def test_compare_command_keeps_the_quoted_literals_of_a_filter(
+    store: TinyStore, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sweep import compare
+    from sweep.cli import main
+
+    assert compare.parse_command_args(["filter=\"params.a = 'b'\""]) == {"filter": "params.a = 'b'"}
+    monkeypatch.setenv("COLUMNS", "300")
+    width = store.optuna_study(STUDY_A).user_attrs["champion"]["params"]["model.width"]
+    clause = f"params.model.width = '{width}'"
+    expected = set(compare.runs([STUDY_A], filter=clause, tracking_uri=store.uri)["run_name"])
+    assert len(expected) >= 3  # the champion's trial and its two re-runs at least
+    code = main(
+        ["compare", f"experiments=[{STUDY_A}]", f"filter={clause}", f"tracking.uri={store.uri}"]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    every = set(compare.runs([STUDY_A], tracking_uri=store.uri)["run_name"])
+    assert {name for name in every if name in out} == expected
+
+
+def test_runs_rejects_unknown_states_bad_filters_and_absent_servers(store: TinyStore) -> None:
+    import socket
+    import time
+
+    import mlflow
+
+    from sweep import compare
+    from sweep.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"states: unknown state 'COMPLETED'; choose from"):
+        compare.runs([STUDY_A], states=["COMPLETED"], tracking_uri=store.uri)
+    with pytest.raises(ConfigError, match=r"^filter='params.x ==== 1': "):
+        compare.runs([STUDY_A], filter="params.x ==== 1", tracking_uri=store.uri)
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    previous = mlflow.get_tracking_uri()
+    started = time.monotonic()
+    try:
+        with pytest.raises(ConfigError, match=rf"tracking.uri=http://127.0.0.1:{port}: no MLflow"):
+            compare.runs(tracking_uri=f"http://127.0.0.1:{port}")
+    finally:
+        mlflow.set_tracking_uri(previous)
+    assert time.monotonic() - started < 30  # not MLflow's minutes of retries
 
 
 # -- the benchmark script ----------------------------------------------------------------------

@@ -6,6 +6,7 @@ import html
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from conftest import cli_env
-from test_compare import STUDY_A, STUDY_B, TinyStore, tiny_store
+from test_compare import ROOT, STUDY_A, STUDY_B, TinyStore, tiny_store
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +62,7 @@ def test_report_has_every_section_and_all_trials(store: TinyStore, reports) -> N
     for section in ("history", "importance", "parallel", "slice", "curves", "champion", "trials"):
         assert f'<section id="{section}">' in page, section
     assert 'id="pareto"' not in page  # single objective
+    assert '<div id="failures">' not in page  # no trial failed
     rows = re.findall(r'<tr class="trial[^"]*" data-state="(\w+)" data-number="(\d+)"', page)
     assert sorted(int(n) for _, n in rows) == [t.number for t in study.trials]
     assert [s for s, _ in sorted(rows, key=lambda r: int(r[1]))] == [
@@ -83,6 +85,39 @@ def test_report_champion_card_matches_the_study(store: TinyStore, reports) -> No
     assert "model.width" in card and "optimizer.lr" in card  # sampled params
     assert "trainer.max_epochs" in card  # the full run config of the source run
     assert f'class="trial champion" data-state="COMPLETE" data-number="{champion["trial"]}"' in page
+
+
+def test_report_says_how_sure_the_champion_is(store: TinyStore, reports) -> None:
+    """Top card, the champion's own search score, and every re-trained candidate."""
+    study = store.optuna_study(STUDY_A)
+    champion = study.user_attrs["champion"]
+    page = html.unescape(_text(reports[STUDY_A].read_text()))
+    top = re.search(r'id="champion-value">([^<]+)<', page)
+    assert top and top.group(1) == f"{champion['val_mean']:.4f} ± {champion['val_sd']:.4f}"
+    by_number = {t.number: t for t in study.trials}
+    searched = by_number[champion["trial"]].user_attrs["val/acc"]
+    card = page[page.index('<section id="champion">') : page.index('<section id="trials">')]
+    assert re.search(rf"<dt>in the search</dt>\s*<dd>{searched:.4f} ", card)
+    rows = re.findall(r'<tr class="(champion)?" data-trial="(\d+)">(.*?)</tr>', card)
+    candidates = sorted(study.user_attrs["champion_reruns"].values(), key=lambda r: -r["val_mean"])
+    assert len(rows) == len(candidates) == 2  # champion.k=2
+    assert [int(n) for _, n, _ in rows] == [c["trial"] for c in candidates]
+    assert rows[0][0] == "champion" and int(rows[0][1]) == champion["trial"]
+    for (_, _, cells), candidate in zip(rows, candidates, strict=True):
+        assert f"{candidate['val_mean']:.4f} ± {candidate['val_sd']:.4f}" in cells
+        assert f"{candidate['test_mean']:.4f} ± {candidate['test_sd']:.4f}" in cells
+
+
+def test_report_importances_show_two_evaluators(reports) -> None:
+    for study, objectives in ((STUDY_A, 1), (STUDY_B, 2)):
+        page = _text(reports[study].read_text())
+        section = page[
+            page.index('<section id="importance">') : page.index('<section id="parallel">')
+        ]
+        assert section.count('class="plotly-graph-div"') == objectives
+        assert section.count('"name":"PED-ANOVA (top 10%)"') == objectives
+        assert section.count('"name":"fANOVA (variance)"') == objectives
+        assert "model.width" in section and "optimizer.lr" in section
 
 
 def test_report_learning_curves_mark_pruned_trials(store: TinyStore, reports) -> None:
@@ -126,13 +161,57 @@ def test_report_with_too_few_trials_and_no_mlflow_runs(store: TinyStore) -> None
     study = optuna.create_study(study_name="lonely", direction="maximize")
     study.enqueue_trial({"x": 0.5})
     study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
-    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL))
+    # Two failures with one error, one with another: grouped by error, most frequent first.
+    for error in (
+        "NonFiniteLossError: loss became nan",
+        "OOM",
+        "NonFiniteLossError: loss became nan",
+    ):
+        study.add_trial(
+            optuna.trial.create_trial(
+                state=optuna.trial.TrialState.FAIL, user_attrs={"error": error}
+            )
+        )
     page = html.unescape(_text(render_report(study, "no-such-experiment", store.uri)))
     assert "needs at least 2 completed trials with sampled parameters (has 1)" in page
     assert "no experiment named 'no-such-experiment'" in page
     assert "could not draw" not in page
-    assert len(re.findall(r'<tr class="trial', page)) == 2
-    assert "no champion yet" in page
+    assert len(re.findall(r'<tr class="trial', page)) == 4
+    assert "no champion yet" in page and 'id="champion-value"' not in page
+    failures = page[page.index('<div id="failures">') : page.index('id="trials-table"')]
+    rows = re.findall(
+        r"<tr><td[^>]*>([^<]+)</td><td>(\d+)</td><td[^>]*>([^<]+)</td></tr>", failures
+    )
+    assert rows == [("NonFiniteLossError: loss became nan", "2", "1, 3"), ("OOM", "1", "2")]
+
+
+def test_report_without_its_tracking_server_is_quick_and_still_drawn(
+    store: TinyStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """A tracking server that is down: Optuna's side of the page in seconds, not MLflow's
+    minutes of retries; the curves come from Optuna's intermediate values."""
+    import mlflow
+
+    from sweep.report import build_report
+
+    monkeypatch.chdir(store.root)
+    dead = f"http://127.0.0.1:{_free_port()}"
+    previous = mlflow.get_tracking_uri()
+    started = time.monotonic()
+    try:
+        path = build_report([f"study.name={STUDY_A}", f"tracking.uri={dead}"], out_dir=tmp_path)
+    finally:
+        mlflow.set_tracking_uri(previous)
+    assert time.monotonic() - started < 60
+    assert f"report not logged to MLflow: tracking.uri={dead}: no MLflow server" in (
+        capsys.readouterr().err
+    )
+    page = html.unescape(_text(path.read_text()))
+    assert f"MLflow: tracking.uri={dead}: no MLflow server answers" in page
+    assert "could not draw" not in page
+    curves = page[page.index('<section id="curves">') : page.index('<section id="champion">')]
+    best = store.optuna_study(STUDY_A).best_trial.number
+    assert f"trial {best} (#1)" in curves and '"mode":"lines+markers"' in curves
 
 
 def test_report_command_and_unknown_study(
@@ -157,48 +236,97 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_optuna_dashboard_serves_the_journal_storage(store: TinyStore) -> None:
-    """`make optuna-dashboard` = `sweep optuna-dashboard`: loopback only, our journal file."""
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "sweep", "optuna-dashboard", "--port", str(port)],
-        cwd=store.root,
-        env=cli_env(store.uri),
+# -- make targets, run as a user runs them ------------------------------------------------------
+def make_target(target: str, cwd: Path, uri: str | None, **variables: str) -> subprocess.Popen:
+    """Start ``make TARGET VAR=value ...`` with the project's Makefile in ``cwd``.
+
+    ``-o .venv/.installed`` takes the virtualenv as installed (the tests run in it) so a
+    newer Makefile never triggers ``pip install``; BIN points at this interpreter's scripts.
+    The target runs in its own process group: stop it with :func:`stop_group`.
+    """
+    if shutil.which("make") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("no make on PATH")
+        pytest.skip("no make on PATH")
+    env = {k: v for k, v in cli_env(uri).items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    command = ["make", "--no-print-directory", "-f", str(ROOT / "Makefile")]
+    command += ["-o", ".venv/.installed", target, f"BIN={Path(sys.executable).parent}"]
+    command += [f"{k}={v}" for k, v in variables.items()]
+    return subprocess.Popen(
+        command,
+        cwd=cwd,
+        env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         start_new_session=True,
     )
+
+
+def stop_group(proc: subprocess.Popen) -> None:
+    """SIGTERM the process group (make, its shell, the server and its workers); then KILL."""
+    os.killpg(proc.pid, signal.SIGTERM)
     try:
-        deadline = time.monotonic() + 60
-        studies = None
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=5) as r:
-                    studies = json.load(r)
-                break
-            except OSError:
-                time.sleep(0.3)
-        assert studies is not None, "optuna-dashboard did not answer within 60 s"
-        assert {STUDY_A, STUDY_B} <= {s["study_name"] for s in studies["study_summaries"]}
-        with pytest.raises(OSError):  # bound to 127.0.0.1 only
-            socket.create_connection((_outside_address(), port), timeout=2).close()
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate(timeout=10)
+        proc.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=10)
 
 
-def _outside_address() -> str:
-    """This machine's non-loopback address (a UDP connect sends nothing)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+def listening_hosts(port: int) -> set[str]:
+    """The local addresses a TCP socket listens on at ``port`` (Linux: /proc/net/tcp*)."""
+    found = set()
+    for table, family in (("/proc/net/tcp", socket.AF_INET), ("/proc/net/tcp6", socket.AF_INET6)):
+        if not Path(table).exists():
+            continue
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, _, hex_port = local.partition(":")
+            if state != "0A" or int(hex_port, 16) != port:  # 0A = LISTEN
+                continue
+            raw = bytes.fromhex(address)
+            # The kernel prints each 32-bit word of the address in host (little-endian) order.
+            raw = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+            found.add(socket.inet_ntop(family, raw))
+    return found
+
+
+def wait_for_listener(proc: subprocess.Popen, port: int, path: str, timeout: float) -> bytes:
+    """Poll ``http://127.0.0.1:port/path`` until it answers 200; the body."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"{proc.args} exited: {proc.stderr.read().decode()[-3000:]}")
         try:
-            s.connect(("10.255.255.255", 1))
-            address = s.getsockname()[0]
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+                return r.read()
         except OSError:
-            address = "127.0.0.1"
-    if address.startswith("127."):
-        pytest.skip("no non-loopback address to probe")
-    return address
+            time.sleep(0.3)
+    raise AssertionError(f"nothing answered on 127.0.0.1:{port}{path} within {timeout} s")
+
+
+def test_make_optuna_dashboard_serves_the_journal_storage_on_loopback(store: TinyStore) -> None:
+    """`make optuna-dashboard`: sweep optuna-dashboard on 127.0.0.1 over our journal file."""
+    if not Path("/proc/net/tcp").exists():
+        pytest.skip("the loopback check reads Linux's /proc/net/tcp")
+    port = _free_port()
+    proc = make_target("optuna-dashboard", store.root, store.uri, DASHBOARD_PORT=str(port))
+    try:
+        studies = json.loads(wait_for_listener(proc, port, "/api/studies", timeout=60))
+        assert {STUDY_A, STUDY_B} <= {s["study_name"] for s in studies["study_summaries"]}
+        assert listening_hosts(port) == {"127.0.0.1"}
+    finally:
+        stop_group(proc)
+
+
+def test_listening_hosts_sees_a_wildcard_socket() -> None:
+    """The loopback check itself: a socket on every interface is reported as such."""
+    if not Path("/proc/net/tcp").exists():
+        pytest.skip("reads Linux's /proc/net/tcp")
+    with socket.socket() as s:
+        s.bind(("0.0.0.0", 0))
+        s.listen()
+        assert listening_hosts(s.getsockname()[1]) == {"0.0.0.0"}
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        assert listening_hosts(s.getsockname()[1]) == {"127.0.0.1"}
