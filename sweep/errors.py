@@ -24,5 +24,17 @@ class SearchSpaceError(SweepError):
     """The search space YAML is invalid."""
 
 
-class NonFiniteLossError(RuntimeError):
-    """Training diverged: a loss became NaN or infinite."""
+class NonFiniteLossError(SweepError, RuntimeError):
+    """Training diverged: a loss became NaN or infinite.
+
+    The config was valid but the run failed (its MLflow run ends FAILED), so the exit
+    status is 1; the CLI still prints one line, with the usual remedies, not a traceback.
+    """
+
+    exit_code = 1
+
+    HINT = "training diverged: lower optimizer.lr or set trainer.gradient_clip_val"
+
+    def __init__(self, message: str):
+        # Unpickling calls __init__ with the full message again: add the hint once.
+        super().__init__(message if self.HINT in message else f"{message}; {self.HINT}")

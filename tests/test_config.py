@@ -210,3 +210,74 @@ def test_config_error_imports_no_heavy_library(tmp_path):
     proc, modules = imported_modules(["train", "optimizer.lr=-1"], tmp_path)
     assert proc.returncode == 2
     assert not modules & set(HEAVY), sorted(modules & set(HEAVY))
+
+
+# -- keys, devices, accelerator and store checked before any work --------------------------
+@pytest.mark.parametrize(
+    ("overrides", "key", "known"),
+    [
+        (["model.foo=3"], "model.foo", "width"),
+        (["model=cnn", "model.width=3"], "model.width", "channels"),
+        (["trainer.early_stopping.wait=3"], "trainer.early_stopping.wait", "patience"),
+        (["foo=3"], "foo", "optimizer"),
+        (["modle=cnn"], "modle", "model"),
+        (["+foo=3"], "foo", "optimizer"),  # appended keys would be silently ignored
+    ],
+)
+def test_unknown_keys_list_the_known_ones(overrides, key, known):
+    message = reject(overrides)
+    assert message.startswith(f"{key}: unknown key"), message
+    assert "known keys:" in message and known in message.split("known keys:")[1], message
+
+
+def test_override_without_value_is_explained():
+    assert "expected key=value" in reject(["model.width"])
+
+
+def test_one_run_trains_on_one_device():
+    message = reject(["trainer.devices=2"])
+    assert message.startswith("trainer.devices=2") and "n_workers" in message
+
+
+@pytest.mark.parametrize("accelerator", ["gpu", "cuda"])
+def test_gpu_accelerator_must_exist(accelerator):
+    import torch
+
+    overrides = [f"trainer.accelerator={accelerator}"]
+    if torch.cuda.is_available():
+        assert load_run_config(overrides).trainer.accelerator == accelerator
+    else:
+        message = reject(overrides)
+        assert f"trainer.accelerator={accelerator}" in message and "auto" in message
+
+
+def test_tracking_uri_scheme_checked_without_showing_secrets():
+    message = reject(["tracking.uri=foo://user:secret@host/db"])
+    assert message.startswith("tracking.uri") and "'foo://'" in message
+    assert "sqlite://" in message and "secret" not in message
+    for uri in (
+        "sqlite:///x.db",
+        "postgresql+psycopg2://u@h/db",
+        "http://127.0.0.1:5000",
+        "mlruns",
+    ):
+        assert load_run_config([f"tracking.uri={uri}"]).tracking.uri == uri
+
+
+def test_test_split_is_required():
+    assert "data.test_fraction" in reject(["data=digits", "data.test_fraction=0"])
+
+
+def test_numeric_column_name_is_a_target():
+    cfg = load_run_config(["data=csv", "data.path=x.csv", "data.target=0"])
+    assert cfg.data.target == 0
+    assert "data.target" in reject(["data=csv", "data.path=x.csv", "data.target=[a]"])
+
+
+def test_cli_appended_unknown_key_is_one_line_and_leaves_no_run(cli, tmp_path):
+    proc = cli("train", "+optimizer_lr=0.1")
+    assert proc.returncode == 2, proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("error: optimizer_lr: unknown key; known keys:"), line
+    assert "optimizer" in line.split("known keys:")[1]
+    assert not (tmp_path / "mlflow.db").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 
 import numpy as np
 import pytest
@@ -13,7 +14,9 @@ from sklearn.datasets import load_digits
 from sweep.config import load_run_config
 from sweep.data import load_dataset
 from sweep.data.base import ArrayPreprocessor, build_array_dataset, split_indices
-from sweep.data.module import EVAL_BATCH_SIZE, ArrayDataModule, IndexBatches
+from sweep.data.module import EVAL_BATCH_SIZE, ArrayDataModule, IndexBatches, batch_bounds
+from sweep.data.sources import _mnist1d_arrays
+from sweep.errors import DataError
 
 
 def data_cfg(*overrides: str):
@@ -170,7 +173,78 @@ def test_array_preprocessor_rejects_wrong_width():
         pre.transform(np.zeros((2, 63)))
 
 
+@pytest.mark.parametrize(
+    ("overrides", "named"),
+    [
+        (["data=synthetic", "data.num_samples=20", "data.num_classes=5"], "data.val_fraction"),
+        (["data=mnist1d", "data.num_samples=100", "data.val_fraction=0.01"], "data.val_fraction"),
+        (
+            [
+                "data=synthetic",
+                "data.task=regression",
+                "data.num_samples=20",
+                "data.val_fraction=0.01",
+                "data.test_fraction=0.01",
+            ],
+            "at least 2 rows",
+        ),
+        (["data=synthetic", "data.num_features=2", "data.num_classes=5"], "data.num_features"),
+    ],
+)
+def test_impossible_splits_and_shapes_are_data_errors(overrides, named):
+    with pytest.raises(DataError) as info:
+        load_dataset(data_cfg(*overrides))
+    message = str(info.value)
+    assert named in message and "\n" not in message, message
+    assert message.startswith(overrides[0]), message
+
+
+def test_synthetic_with_two_features():
+    ds = load_dataset(data_cfg("data=synthetic", "data.num_features=2"))
+    assert ds.input_shape == (2,)
+    assert ds.num_outputs == 3
+
+
+def test_mnist1d_generation_leaves_the_global_generators_alone():
+    """mnist1d seeds `random` and numpy itself; left so, every run would get the same
+    MLflow run name (and any other random choice would repeat)."""
+
+    def draws() -> tuple[float, float]:
+        return random.random(), float(np.random.rand())
+
+    random.seed(11)
+    np.random.seed(11)
+    expected = draws()
+    random.seed(11)
+    np.random.seed(11)
+    _mnist1d_arrays.cache_clear()
+    _mnist1d_arrays(200, 0.2)
+    assert draws() == expected
+
+
 # -- in-memory batches ------------------------------------------------------------------------
+def test_batch_bounds_merge_a_single_row_tail_only_when_asked():
+    assert batch_bounds(33, 16, merge_single_tail=True) == [(0, 16), (16, 33)]
+    assert batch_bounds(33, 16, merge_single_tail=False) == [(0, 16), (16, 32), (32, 33)]
+    assert batch_bounds(34, 16, merge_single_tail=True) == [(0, 16), (16, 32), (32, 34)]
+    assert batch_bounds(1, 16, merge_single_tail=True) == [(0, 1)]
+
+
+@pytest.mark.parametrize("loader", ["memory", "dataloader"])
+def test_training_batches_never_hold_a_single_row(loader):
+    """BatchNorm cannot train on one row: a shuffled epoch never ends with such a batch."""
+    ds = load_dataset(data_cfg("data=synthetic"))
+    batch_size = len(ds.x_train) - 1  # the last row would be a batch of its own
+    dm = ArrayDataModule(ds, batch_size=batch_size, seed=0, loader=loader)
+    train = dm.train_dataloader()
+    batches = list(next(iter(train))) if loader == "memory" else list(train)
+    assert min(len(y) for _, y in batches) > 1
+    if loader == "memory":  # merged into the batch before: every row still trains
+        assert sum(len(y) for _, y in batches) == len(ds.x_train)
+    val_sizes = [len(y) for _, y in dm.val_dataloader()]
+    assert sum(val_sizes) == len(ds.x_val)  # evaluation keeps every row
+
+
 def epochs_of(batches: IndexBatches, n_epochs: int) -> list[list[int]]:
     return [torch.cat([x for x, _ in batches]).tolist() for _ in range(n_epochs)]
 

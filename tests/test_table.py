@@ -319,3 +319,45 @@ def test_too_many_categories(tmp_path):
     assert_data_error(
         cfg(write_csv(tmp_path, df), max_categories=10), "'name'", "max_categories", "t.csv"
     )
+
+
+def test_identifier_like_text_column(tmp_path):
+    """Distinct in every row (an id, a name, free text): one-hot would memorise the rows."""
+    df = frame(n=60)
+    df["customer"] = [f"C{i:04d}" for i in range(60)]
+    assert_data_error(cfg(write_csv(tmp_path, df)), "'customer'", "data.drop", "t.csv")
+    ds = load_table(cfg(write_csv(tmp_path, df), drop=["id", "customer"]), seed=0)
+    assert "customer" not in ds.preprocessor.feature_columns
+
+
+def test_many_repeated_categories_are_kept(tmp_path):
+    df = frame(n=120)
+    df["city"] = [f"city{i % 30}" for i in range(120)]  # 30 values, each seen about 4 times
+    ds = load_table(cfg(write_csv(tmp_path, df), drop=["id"]), seed=0)
+    assert len(ds.preprocessor.vocabularies["city"]) > 20
+
+
+def test_too_few_rows_to_split(tmp_path):
+    df = frame(n=40).head(4)
+    assert_data_error(cfg(write_csv(tmp_path, df)), "too few rows", "validation", "t.csv")
+
+
+def test_semicolons_and_decimal_commas(tmp_path):
+    """The European convention: ';' between fields, ',' as the decimal mark."""
+    df = frame(n=40)
+    path = tmp_path / "eu.csv"
+    df.to_csv(path, index=False, sep=";", decimal=",")
+    assert "," in path.read_text().splitlines()[1]  # the heights are written 170,4
+    ds = load_table(cfg(path, drop=["id"]), seed=0)
+    pre = ds.preprocessor
+    assert pre.input_schema == {"height cm": "double", "colour": "string", "age": "double"}
+    heights = df["height cm"].dropna()
+    assert heights.min() <= pre.medians["height cm"] <= heights.max()
+    assert pre.classes == ["cat", "dog"]
+
+
+def test_tab_separated(tmp_path):
+    path = tmp_path / "t.tsv"
+    frame().to_csv(path, index=False, sep="\t")
+    ds = load_table(cfg(path, drop=["id"]), seed=0)
+    assert ds.preprocessor.feature_columns == ["height cm", "colour", "age"]

@@ -407,10 +407,44 @@ def test_keyboard_interrupt_ends_killed(tracked, hook, epochs_logged):
     assert "test/acc" not in record.data.metrics
 
 
-def test_bad_data_leaves_no_run(tracked, tmp_path):
-    with pytest.raises(DataError, match=r"missing\.csv"):
-        train(["data=csv", "data.path=missing.csv", "data.target=y"])
+def bad_table(kind: str, path: Path) -> None:
+    """Write a table that cannot be trained on, for ``kind`` of fault."""
+    if kind == "missing":
+        return
+    frame = write_messy_csv(path).drop(columns=["id"])
+    if kind == "too-few-rows":
+        frame = frame.head(4)
+    elif kind == "id-like-text":
+        frame["customer"] = [f"C{i:05d}" for i in range(len(frame))]
+    elif kind == "single-class":
+        frame["the label"] = "yes"
+    frame.to_csv(path, index=False)
+
+
+@pytest.mark.parametrize(
+    ("kind", "needle"),
+    [
+        ("missing", "file not found"),
+        ("too-few-rows", "too few rows"),
+        ("id-like-text", "'customer'"),
+        ("single-class", "single class"),
+    ],
+)
+def test_bad_data_leaves_no_run(tracked, tmp_path, kind, needle):
+    bad_table(kind, tmp_path / "t.csv")
+    with pytest.raises(DataError, match=needle):
+        train(["data=csv", "data.path=t.csv", "data.target=the label", "trainer=fast"])
     assert count_runs(tmp_path / "mlflow.db") == 0
+
+
+@pytest.mark.parametrize("loader", ["memory", "dataloader"])
+def test_batch_norm_trains_when_a_batch_would_hold_one_row(tracked, loader):
+    overrides = [*TINY_SYNTHETIC, "model.batch_norm=true", f"data.loader={loader}"]
+    n_train = len(load_data(load_run_config(overrides)).x_train)
+    _, result = train([*overrides, f"data.batch_size={n_train - 1}", "tracking.log_model=false"])
+    record = MlflowClient(tracking_uri=tracked).get_run(result.run_id)
+    assert record.info.status == "FINISHED"
+    assert "test/acc" in record.data.metrics
 
 
 # -- the command line ----------------------------------------------------------------------
@@ -464,6 +498,54 @@ def test_cli_missing_data_file(cli, tmp_path):
     assert "missing.csv" in lines[0]
     assert "Traceback" not in proc.stderr
     assert count_runs(tmp_path / "mlflow.db") == 0
+
+
+def test_cli_diverging_run_is_one_line_and_ends_failed(tracked, capsys):
+    """``sweep.cli.main`` in this process (a subprocess would only add import time)."""
+    from sweep import cli
+
+    overrides = [*TINY_SYNTHETIC, "data.task=regression", "optimizer=sgd", "optimizer.lr=1e6"]
+    previous = signal.getsignal(signal.SIGTERM)  # cli.main installs its own handler
+    try:
+        assert cli.main(["train", *overrides]) == 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: train/loss became nan"), line
+    assert "optimizer.lr" in line
+    record = only_run(MlflowClient(tracking_uri=tracked))
+    assert record.info.status == "FAILED"
+    assert record.data.tags["error"].startswith("NonFiniteLossError")
+
+
+def test_ctrl_c_on_the_command_line_leaves_the_run_killed(mlflow_store, tmp_path):
+    """SIGINT, as a terminal's Ctrl-C sends it, once the first epoch has been shown."""
+    # A child inherits an ignored SIGINT (a test run in the background): give it the default.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = start_cli(
+            "train",
+            "data=synthetic",
+            "trainer.max_epochs=100000",
+            "trainer.early_stopping.enabled=false",
+            cwd=tmp_path,
+            uri=mlflow_store,
+        )
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    for line in proc.stdout:
+        if line.startswith("epoch"):
+            break
+    proc.send_signal(signal.SIGINT)
+    done = finish_cli(proc)
+    assert done.returncode == 130, done.stderr
+    assert "Traceback" not in done.stderr
+    client = MlflowClient(tracking_uri=mlflow_store)
+    record = only_run(client)
+    assert record.info.status == "KILLED"
+    assert "interrupted" in record.data.tags["error"]
+    assert history(client, record.info.run_id, "val/loss")[0][0] == 0
+    assert "test/acc" not in record.data.metrics
 
 
 def test_sigterm_during_fit_closes_the_run(tracked, monkeypatch, capsys):

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from sweep.errors import DataError
+
 CLASSIFICATION = "classification"
 REGRESSION = "regression"
 
@@ -153,6 +155,46 @@ def split_indices(
         idx, test_size=relative_val, random_state=seed + 1, stratify=rest_stratify
     )
     return np.sort(train_idx), np.sort(val_idx), np.sort(test_idx)
+
+
+#: Fewest rows a split may have: R² of one row is undefined, and BatchNorm cannot train on a
+#: batch of one.
+MIN_SPLIT_ROWS = 2
+
+
+def check_split_sizes(
+    train_idx: np.ndarray, val_idx: np.ndarray, test_idx: np.ndarray, source: str
+) -> None:
+    """DataError naming ``source`` when a split has fewer than ``MIN_SPLIT_ROWS`` rows."""
+    sizes = {"train": len(train_idx), "validation": len(val_idx), "test": len(test_idx)}
+    if min(sizes.values()) < MIN_SPLIT_ROWS:
+        shown = ", ".join(f"{name} {size}" for name, size in sizes.items())
+        raise DataError(
+            f"{source}: too few rows for a train/validation/test split ({shown}); each split "
+            f"needs at least {MIN_SPLIT_ROWS} rows: use more data or raise data.val_fraction "
+            f"/ data.test_fraction"
+        )
+
+
+def split_or_explain(
+    n: int,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    stratify: np.ndarray | None,
+    source: str,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`split_indices`, with every reason it cannot split as a one-line DataError."""
+    try:
+        parts = split_indices(n, val_fraction, test_fraction, seed, stratify)
+    except ValueError as e:  # e.g. a stratified split smaller than the number of classes
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise DataError(
+            f"{source}: cannot split {n} rows with data.val_fraction={val_fraction:g}, "
+            f"data.test_fraction={test_fraction:g}: {reason}"
+        ) from None
+    check_split_sizes(*parts, source=source)
+    return parts
 
 
 def build_array_dataset(

@@ -18,8 +18,20 @@ from sweep.data.base import Dataset
 EVAL_BATCH_SIZE = 4096  # validation and test need no small batches
 
 
+def batch_bounds(n: int, batch_size: int, merge_single_tail: bool) -> list[tuple[int, int]]:
+    """``(start, end)`` of each batch over ``n`` rows. With ``merge_single_tail`` a last batch
+    of one row joins the batch before: BatchNorm cannot train on a single row."""
+    bounds = [(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
+    if merge_single_tail and len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
+        bounds[-2:] = [(bounds[-2][0], n)]
+    return bounds
+
+
 class IndexBatches:
-    """Iterable of (x, y) batches sliced from tensors; reshuffled every pass when asked."""
+    """Iterable of (x, y) batches sliced from tensors; reshuffled every pass when asked.
+
+    Shuffled (training) passes never end with a batch of one row (see :func:`batch_bounds`).
+    """
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool, seed: int):
         self.x, self.y = x, y
@@ -28,21 +40,19 @@ class IndexBatches:
         self.generator = torch.Generator().manual_seed(seed)
 
     def __len__(self) -> int:
-        return (len(self.x) + self.batch_size - 1) // self.batch_size
+        return len(batch_bounds(len(self.x), self.batch_size, self.shuffle))
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.x)
+        bounds = batch_bounds(n, self.batch_size, merge_single_tail=self.shuffle)
         if self.shuffle:
             order = torch.randperm(n, generator=self.generator).to(self.x.device)
-            for start in range(0, n, self.batch_size):
-                idx = order[start : start + self.batch_size]
+            for start, end in bounds:
+                idx = order[start:end]
                 yield self.x[idx], self.y[idx]
         else:
-            for start in range(0, n, self.batch_size):
-                yield (
-                    self.x[start : start + self.batch_size],
-                    self.y[start : start + self.batch_size],
-                )
+            for start, end in bounds:
+                yield self.x[start:end], self.y[start:end]
 
 
 class OneEpoch:
@@ -92,8 +102,15 @@ class ArrayDataModule(L.LightningDataModule):
             from torch.utils.data import DataLoader, TensorDataset
 
             g = torch.Generator().manual_seed(self.seed)
+            # A last training batch of one row would break BatchNorm: skip it (a different
+            # row each shuffled epoch).
+            single_tail = shuffle and len(x) > batch_size and len(x) % batch_size == 1
             return DataLoader(
-                TensorDataset(x, y), batch_size=batch_size, shuffle=shuffle, generator=g
+                TensorDataset(x, y),
+                batch_size=batch_size,
+                shuffle=shuffle,
+                generator=g,
+                drop_last=single_tail,
             )
         if split not in self._batches:  # keep the generator's state across epochs
             self._batches[split] = IndexBatches(x, y, batch_size, shuffle, self.seed)

@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import functools
+import math
+import random
 from typing import Any
 
 import numpy as np
 
-from sweep.data.base import CLASSIFICATION, REGRESSION, Dataset, build_array_dataset, split_indices
+from sweep.data.base import (
+    CLASSIFICATION,
+    REGRESSION,
+    Dataset,
+    build_array_dataset,
+    check_split_sizes,
+    split_or_explain,
+)
+from sweep.errors import DataError
 
 
 @functools.lru_cache(maxsize=4)
@@ -19,7 +29,14 @@ def _mnist1d_arrays(num_samples: int, test_fraction: float) -> dict[str, np.ndar
     args = get_dataset_args()
     args.num_samples = num_samples
     args.train_split = 1.0 - test_fraction
-    data = make_dataset(args)
+    # make_dataset seeds the global `random` and numpy generators (seed 42): without the
+    # restore, every later random choice in the process repeats, e.g. MLflow's run names.
+    states = random.getstate(), np.random.get_state()
+    try:
+        data = make_dataset(args)
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
     return {k: np.asarray(data[k]) for k in ("x", "y", "x_test", "y_test")}
 
 
@@ -32,13 +49,19 @@ def load_mnist1d(cfg: Any, seed: int) -> Dataset:
     train_part = np.arange(n_train)
     from sklearn.model_selection import train_test_split
 
-    train_idx, val_idx = train_test_split(
-        train_part, test_size=float(cfg.val_fraction), random_state=seed, stratify=y[train_part]
-    )
+    try:
+        train_idx, val_idx = train_test_split(
+            train_part, test_size=float(cfg.val_fraction), random_state=seed, stratify=y[train_part]
+        )
+    except ValueError as e:  # a validation split smaller than the number of classes
+        raise DataError(
+            f"data=mnist1d: cannot carve data.val_fraction={float(cfg.val_fraction):g} out of "
+            f"{n_train} training samples: {str(e).strip().splitlines()[0]}"
+        ) from None
     test_idx = np.arange(n_train, len(x))
-    return build_array_dataset(
-        "mnist1d", CLASSIFICATION, x, y, np.sort(train_idx), np.sort(val_idx), test_idx
-    )
+    train_idx, val_idx = np.sort(train_idx), np.sort(val_idx)
+    check_split_sizes(train_idx, val_idx, test_idx, "data=mnist1d")
+    return build_array_dataset("mnist1d", CLASSIFICATION, x, y, train_idx, val_idx, test_idx)
 
 
 def load_digits(cfg: Any, seed: int) -> Dataset:
@@ -47,8 +70,8 @@ def load_digits(cfg: Any, seed: int) -> Dataset:
     bunch = sk_load_digits()
     x = bunch.images.astype(np.float32)  # (n, 8, 8): a CNN sees a 2-D image
     y = bunch.target.astype(np.int64)
-    tr, va, te = split_indices(
-        len(x), float(cfg.val_fraction), float(cfg.test_fraction), seed, stratify=y
+    tr, va, te = split_or_explain(
+        len(x), float(cfg.val_fraction), float(cfg.test_fraction), seed, y, "data=digits"
     )
     return build_array_dataset("digits", CLASSIFICATION, x, y, tr, va, te)
 
@@ -67,15 +90,27 @@ def load_synthetic(cfg: Any, seed: int) -> Dataset:
         )
         stratify = None
     else:
+        k = int(cfg.num_classes)
+        # make_classification puts each class on a corner of an n_informative-dimensional
+        # cube (2**n_informative corners) and adds up to 2 redundant features.
+        informative = min(f, max(2, f // 2, math.ceil(math.log2(k))))
+        if 2**informative < k:
+            raise DataError(
+                f"data=synthetic: data.num_classes={k} needs data.num_features >= "
+                f"{math.ceil(math.log2(k))} (got {f})"
+            )
         x, y = make_classification(
             n_samples=n,
             n_features=f,
-            n_informative=max(2, f // 2),
-            n_classes=int(cfg.num_classes),
+            n_informative=informative,
+            n_redundant=min(2, f - informative),
+            n_classes=k,
             n_clusters_per_class=1,
             flip_y=float(cfg.noise),
             random_state=seed,
         )
         stratify = y
-    tr, va, te = split_indices(n, float(cfg.val_fraction), float(cfg.test_fraction), seed, stratify)
+    tr, va, te = split_or_explain(
+        n, float(cfg.val_fraction), float(cfg.test_fraction), seed, stratify, "data=synthetic"
+    )
     return build_array_dataset("synthetic", str(cfg.task), x.astype(np.float32), y, tr, va, te)

@@ -17,12 +17,24 @@ import numpy as np
 import pandas as pd
 from pandas.api import types as ptypes
 
-from sweep.data.base import CLASSIFICATION, REGRESSION, Dataset, Preprocessor, split_indices
+from sweep.data.base import (
+    CLASSIFICATION,
+    REGRESSION,
+    Dataset,
+    Preprocessor,
+    check_split_sizes,
+    split_indices,
+)
 from sweep.errors import ConfigError, DataError
 
 MISSING = "__missing__"  # the category of a missing value in a string column
 MAX_AUTO_CLASSES = 20  # integer targets with at most this many values are class labels
 GARBAGE_FRACTION = 0.9  # text column this numeric (or more) is a numeric column with typos
+# A text column with a different value in (almost) every row is an id or free text: its
+# one-hot columns would only memorise the training rows.
+IDENTIFIER_MIN_VALUES = 20
+IDENTIFIER_DISTINCT_FRACTION = 0.9
+OTHER_DELIMITERS = (";", "\t", "|")  # tried when a CSV reads as a single column
 PARQUET_SUFFIXES = (".parquet", ".pq")
 _SNIFF_BYTES = 65536
 
@@ -181,13 +193,7 @@ class TablePreprocessor(Preprocessor):
             if c in categorical:
                 keys = _category_keys(x[c])
                 vocab = sorted(set(keys.tolist()))
-                n_values = len(vocab) - (MISSING in vocab)
-                if n_values > self.max_categories:
-                    raise DataError(
-                        f"column {c!r} has {n_values} distinct values in the training split, "
-                        f"more than data.max_categories={self.max_categories}; list it in "
-                        f"data.drop or raise data.max_categories"
-                    )
+                self._check_cardinality(c, vocab, n_present=int((keys != MISSING).sum()))
                 self.vocabularies[c] = vocab
                 self.encoded_columns += [f"{c}={v}" for v in vocab]
             else:
@@ -207,6 +213,25 @@ class TablePreprocessor(Preprocessor):
             std = float(y.std())
             self.target_scale = std if np.isfinite(std) and std > 0 else 1.0
         return self
+
+    def _check_cardinality(self, column: str, vocab: list[str], n_present: int) -> None:
+        """DataError for a text column too varied to one-hot encode."""
+        n_values = len(vocab) - (MISSING in vocab)
+        if n_values > self.max_categories:
+            raise DataError(
+                f"column {column!r} has {n_values} distinct values in the training split, "
+                f"more than data.max_categories={self.max_categories}; list it in "
+                f"data.drop or raise data.max_categories"
+            )
+        if (
+            n_values >= IDENTIFIER_MIN_VALUES
+            and n_values >= IDENTIFIER_DISTINCT_FRACTION * n_present
+        ):
+            raise DataError(
+                f"column {column!r} has a different value in almost every training row "
+                f"({n_values} distinct in {n_present}), like an id or free text; "
+                f"list it in data.drop"
+            )
 
     def _frame(self, x_raw: Any) -> pd.DataFrame:
         if isinstance(x_raw, pd.DataFrame):
@@ -302,8 +327,7 @@ def read_table(path: Path) -> pd.DataFrame:
         if b"\x00" in head:
             raise DataError(f"cannot read {path} as CSV: binary data, expected a text file")
         try:
-            # low_memory=False: one dtype per column, not one per chunk
-            df = pd.read_csv(path, low_memory=False)
+            df = _read_csv(path, head)
         except pd.errors.EmptyDataError:
             raise DataError(f"data.path: {path} is empty (no header, no rows)") from None
         except UnicodeDecodeError as e:
@@ -319,6 +343,35 @@ def read_table(path: Path) -> pd.DataFrame:
     if len(df) == 0:
         raise DataError(f"data.path: {path} has a header but no data rows")
     return df
+
+
+def _read_csv(path: Path, head: bytes) -> pd.DataFrame:
+    """Comma-separated, or ``;`` / tab / ``|`` when that is what the header line uses."""
+    # low_memory=False: one dtype per column, not one per chunk
+    df = pd.read_csv(path, low_memory=False)
+    if len(df.columns) != 1:
+        return df
+    header = head.split(b"\n", 1)[0].decode("utf-8", errors="replace")
+    for delimiter in OTHER_DELIMITERS:
+        if delimiter in header:
+            df = pd.read_csv(path, low_memory=False, sep=delimiter)
+            if delimiter == ";" and _has_decimal_commas(df):  # 1,5: the European convention
+                df = pd.read_csv(path, low_memory=False, sep=delimiter, decimal=",")
+            return df
+    return df
+
+
+def _has_decimal_commas(df: pd.DataFrame) -> bool:
+    """Some text column holds only numbers written with a decimal comma (``-1,5``)."""
+    for column in df.columns:
+        values = df[column]
+        if not (ptypes.is_object_dtype(values) or ptypes.is_string_dtype(values)):
+            continue
+        text = values.dropna().astype(str).str.strip()
+        numbers = text.str.fullmatch(r"[-+]?\d+(,\d+)?")
+        if len(text) and numbers.all() and text.str.contains(",").any():
+            return True
+    return False
 
 
 def _target_values(y: pd.Series, task: str, target: str, path: Path) -> tuple[pd.Series, str]:
@@ -387,6 +440,7 @@ def _split(
         moved = [part[~mask] for part, mask in zip((va, te), in_train, strict=True)]
         tr = np.sort(np.concatenate([tr, *moved]))
         va, te = (part[mask] for part, mask in zip((va, te), in_train, strict=True))
+    check_split_sizes(tr, va, te, str(path))
     return tr, va, te
 
 

@@ -1,0 +1,85 @@
+"""The embedded storage's journal lock (sweep.optuna_parts.JournalFlock), with real
+processes: it excludes other processes, a killed holder releases it at once, and four
+processes writing one study leave a complete, consistent journal."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from sweep.optuna_parts import JournalFlock, build_storage
+
+HOLD = """
+import sys, time
+from sweep.optuna_parts import JournalFlock
+lock = JournalFlock(sys.argv[1])
+lock.acquire()
+print("held", flush=True)
+time.sleep(float(sys.argv[2]))
+lock.release()
+"""
+
+WRITE = """
+import sys, optuna
+from sweep.optuna_parts import build_storage
+optuna.logging.set_verbosity(optuna.logging.ERROR)
+study = optuna.load_study(study_name="s", storage=build_storage(sys.argv[1]))
+for _ in range(10):
+    trial = study.ask()
+    for step in range(20):
+        trial.report(float(step), step)
+    trial.set_user_attr("worker", sys.argv[2])
+    study.tell(trial, 1.0)
+"""
+
+
+def _hold(path: Path, seconds: float) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(path), str(seconds)], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_the_lock_waits_for_another_process(tmp_path: Path) -> None:
+    path = tmp_path / "optuna.journal"
+    holder = _hold(path, 1.5)
+    started = time.monotonic()
+    lock = JournalFlock(str(path))
+    lock.acquire()
+    waited = time.monotonic() - started
+    lock.release()
+    assert holder.wait(timeout=10) == 0
+    assert waited > 0.5  # it was held by the other process until it let go
+
+
+def test_a_killed_holder_releases_the_lock_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "optuna.journal"
+    holder = _hold(path, 600)
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.wait(timeout=10)
+    started = time.monotonic()
+    lock = JournalFlock(str(path))
+    lock.acquire()
+    lock.release()
+    assert time.monotonic() - started < 1.0  # no stale lock file, no grace period
+
+
+def test_four_processes_write_one_consistent_study(tmp_path: Path) -> None:
+    import optuna
+
+    url = f"journal:///{tmp_path / 'optuna.journal'}"
+    optuna.create_study(study_name="s", storage=build_storage(url))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    procs = [
+        subprocess.Popen([sys.executable, "-c", WRITE, url, str(i)], env=env) for i in range(4)
+    ]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0, 0, 0]
+    trials = optuna.load_study(study_name="s", storage=build_storage(url)).trials
+    assert sorted(t.number for t in trials) == list(range(40))
+    assert all(t.state.name == "COMPLETE" and len(t.intermediate_values) == 20 for t in trials)
+    assert sorted(t.user_attrs["worker"] for t in trials) == sorted("0123" * 10)
