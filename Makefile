@@ -63,6 +63,9 @@ bench: $(STAMP)
 # and MLflow's GenAI job runner (8 huey consumer processes) is not used by sweeps.
 UI_WORKERS ?= 1
 ui: $(STAMP)
+	@case "$${MLFLOW_TRACKING_URI:-}" in http://*|https://*) \
+	  echo "MLFLOW_TRACKING_URI points at a tracking server: it serves the UI itself; open its address"; \
+	  exit 2;; esac
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=$${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false} \
 	$(BIN)/mlflow ui --backend-store-uri $${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db} \
 	  --host $(HOST) --port $(PORT) --workers $(UI_WORKERS)

@@ -81,7 +81,7 @@ def select_champion(study, spec, parent_run_id: str) -> dict[str, Any] | None:
         return None
     seeds = [int(spec.cfg.seed) + 1000 + i for i in range(int(champion_cfg.seeds))]
     scored = _score_candidates(study, spec, parent_run_id, top, seeds)
-    maximize = spec.monitor not in ("val/loss", "val/mae")
+    maximize = spec.mode == "max"
     best = max(scored, key=lambda s: s["val_mean"] if maximize else -s["val_mean"])
     registered = _register(best, spec, name)
     champion = {
@@ -146,7 +146,7 @@ def _rerun(trial, spec, parent_run_id: str, seeds: list[int]) -> dict[str, Any]:
     vals = [r.value for r in results]
     test_metric = "test/acc" if spec.task == "classification" else "test/r2"
     tests = [r.test.get(test_metric, float("nan")) for r in results]
-    maximize = spec.monitor not in ("val/loss", "val/mae")
+    maximize = spec.mode == "max"
     best_seed = max(results, key=lambda r: r.value if maximize else -r.value)
     return {
         "trial": trial.number,

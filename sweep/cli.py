@@ -65,6 +65,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+#: What Ctrl-C / SIGTERM leaves behind, per command.
+INTERRUPTED = {
+    "train": "the run is closed as KILLED",
+    "tune": "trials and runs closed; rerun the same command to resume",
+    "worker": "trials and runs closed; rerun the same command to resume",
+    "rerun": "the new run is closed as KILLED",
+}
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sweep",
@@ -134,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("interrupted: runs closed; rerun the same command to resume", file=sys.stderr)
+        print(f"interrupted: {INTERRUPTED.get(command, 'stopped')}", file=sys.stderr)
         return 130
 
 

@@ -50,7 +50,11 @@ def compose(config_name: str, overrides: list[str] | tuple[str, ...] = ()) -> Di
         if message.endswith(": unknown key") or ": unknown key in " in message:
             message += _known_keys_hint(message.split(":", 1)[0], config_name, overrides)
         raise ConfigError(message) from None
-    missing = sorted(OmegaConf.missing_keys(cfg))
+    try:
+        missing = sorted(OmegaConf.missing_keys(cfg))  # resolves interpolations on the way
+    except Exception as exc:  # e.g. ${oc.env:UNSET}: OmegaConf names the key
+        key = getattr(exc, "full_key", None) or "config"
+        raise ConfigError(f"{key}: {str(exc).strip().splitlines()[0]}") from None
     if missing:
         raise ConfigError(f"{missing[0]}: required value is missing (set {missing[0]}=...)")
     return cfg
@@ -388,12 +392,15 @@ def check_devices(devices: int) -> None:
 def check_tracking_uri(uri: str | None) -> None:
     """A URI MLflow can open, checked before training (MLflow fails only when logging).
     Only the scheme is shown: the URI may hold a password."""
+    source = "tracking.uri"
+    if not uri:  # null: MLFLOW_TRACKING_URI, else MLflow's default
+        uri, source = os.environ.get("MLFLOW_TRACKING_URI"), "MLFLOW_TRACKING_URI"
     if not uri or "://" not in uri:
-        return  # null: MLFLOW_TRACKING_URI or MLflow's default; no scheme: a local path
+        return  # MLflow's default, or a local path
     scheme = uri.split("://", 1)[0].lower()
     if scheme.split("+", 1)[0] not in TRACKING_SCHEMES:
         raise ConfigError(
-            f"tracking.uri: unknown scheme '{scheme}://'; use one of: "
+            f"{source}: unknown scheme '{scheme}://'; use one of: "
             + ", ".join(f"{s}://" for s in TRACKING_SCHEMES)
         )
 

@@ -416,8 +416,11 @@ def _read_chunks(
 
         return parquet_chunks(), int(parquet.metadata.num_rows)
 
+    from sweep.data.table import csv_options
+
     try:
-        header = pd.read_csv(path, nrows=0).columns
+        options = csv_options(path, sample_rows=10_000)  # as training reads: ; tab |
+        header = pd.read_csv(path, nrows=0, **options).columns
     except pd.errors.EmptyDataError:
         raise DeployError(f"input: {path} is empty (no header, no rows)") from None
     except UnicodeDecodeError:
@@ -430,12 +433,15 @@ def _read_chunks(
     # An array file saved without a header (np.savetxt) starts with numbers: that first row
     # is data, not column names; reading it as a header would silently drop a sample.
     header_row = 0
-    if spec.kind == "array" and _all_numbers(pd.read_csv(path, header=None, nrows=1).iloc[0]):
+    first = pd.read_csv(path, header=None, nrows=1, **options).iloc[0]
+    if spec.kind == "array" and _all_numbers(first):
         header_row = None
 
     def csv_chunks() -> Iterator[tuple[Any, int]]:
         with path.open("rb") as handle:
-            reader = pd.read_csv(handle, chunksize=chunk_size, dtype=dtypes, header=header_row)
+            reader = pd.read_csv(
+                handle, chunksize=chunk_size, dtype=dtypes, header=header_row, **options
+            )
             try:
                 for frame in reader:
                     yield frame.rename(columns=str), handle.tell()

@@ -115,16 +115,18 @@ def _require_finite(x: np.ndarray) -> None:
         )
 
 
-def _numbers_as_any(signature: Any, preprocessor: Any) -> Any:
-    """The signature with numeric table columns typed ``any``: the preprocessor checks them.
+def _features_as_any(signature: Any, preprocessor: Any) -> Any:
+    """The signature with table feature columns typed ``any``: the preprocessor checks them.
 
     MLflow enforces the signature before ``predict``. A ``long`` column (an int column in
     the example) makes the model server reject null and silently truncate 2.5 to 2; a
     ``double`` one makes a local ``predict`` reject a pandas int64 column. The preprocessor
     imputes missing values, parses numbers and numeric strings, and names the column of a
-    bad value (a clean 400 from the server). Every feature column is required, as the
-    preprocessor needs them all (MLflow marks a column optional when the example has a
-    missing value in it).
+    bad value (a clean 400 from the server). Text columns are typed ``any`` too: a batch in
+    which one is entirely missing arrives as float NaN, which a ``string`` column rejects,
+    while the preprocessor encodes missing and unseen categories. Every feature column is
+    required, as the preprocessor needs them all (MLflow marks a column optional when the
+    example has a missing value in it).
     """
     from mlflow.models import ModelSignature
     from mlflow.types.schema import AnyType, ColSpec, Schema
@@ -135,7 +137,7 @@ def _numbers_as_any(signature: Any, preprocessor: Any) -> Any:
         return signature
     columns = [
         ColSpec(
-            AnyType() if kinds.get(col.name) == "double" else col.type,
+            AnyType() if col.name in kinds else col.type,
             col.name,
             required=col.required or col.name in kinds,
         )
@@ -177,7 +179,7 @@ def log_model(network, model_cfg: dict, dataset, output_example: Any | None = No
         model.load_context(type("Ctx", (), {"artifacts": {BUNDLE: str(path)}})())
         output = model.predict(None, example)
         signature = infer_signature(example, output, params={"proba": False})
-        signature = _numbers_as_any(signature, dataset.preprocessor)
+        signature = _features_as_any(signature, dataset.preprocessor)
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=SweepModel(),  # a fresh one: loaded weights live in the bundle

@@ -35,6 +35,7 @@ from sweep.space import (
 
 PARENT_RUN_ATTR = "mlflow_parent_run_id"
 FINISHED_STATES = ("COMPLETE", "PRUNED")
+SWEEP_KEYS = (*config_mod.RUN_KEYS, "study", "champion", "search", "sampler", "pruner", "storage")
 OBJECTIVE_EXTRAS = ("model/params", "time/fit")
 
 
@@ -61,6 +62,7 @@ class StudySpec:
     storage_url: str
     task: str
     monitor: str = "val/acc"
+    mode: str = "max"  # the monitored metric's direction (trainer.mode or the task's)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -80,6 +82,7 @@ def prepare(overrides: list[str]) -> StudySpec:
     from sweep.train import load_data, monitor_of
 
     cfg = config_mod.compose("sweep", overrides)
+    config_mod.check_top_level(cfg, SWEEP_KEYS)
     config_mod.validate_run_config(cfg)
     study = cfg.study
     _check_study_block(study)
@@ -117,6 +120,7 @@ def prepare(overrides: list[str]) -> StudySpec:
         storage_url=storage_url(cfg.storage),
         task=dataset.task,
         monitor=monitor,
+        mode=mode,
     )
 
 

@@ -281,3 +281,30 @@ def test_cli_appended_unknown_key_is_one_line_and_leaves_no_run(cli, tmp_path):
     assert line.startswith("error: optimizer_lr: unknown key; known keys:"), line
     assert "optimizer" in line.split("known keys:")[1]
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_an_interpolation_that_cannot_resolve_is_one_line(capsys, tmp_path, monkeypatch):
+    """``${oc.env:UNSET}`` fails while Hydra's result is checked for missing values: the
+    key it sits on is named, no traceback, no store created."""
+    from sweep.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SWEEP_TEST_UNSET_VARIABLE", raising=False)
+    assert main(["train", "optimizer.lr=${oc.env:SWEEP_TEST_UNSET_VARIABLE}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: optimizer.lr: ") and "SWEEP_TEST_UNSET_VARIABLE" in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_bad_tracking_uri_from_the_environment_is_one_line(capsys, tmp_path, monkeypatch):
+    """MLFLOW_TRACKING_URI is checked before any data is loaded, and named as the culprit;
+    only its scheme is shown (it may hold a password)."""
+    from sweep.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "foo://user:secret@host/db")
+    assert main(["train", "data=synthetic"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: MLFLOW_TRACKING_URI: unknown scheme 'foo://'")
+    assert "secret" not in err and len(err.strip().splitlines()) == 1

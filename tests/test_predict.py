@@ -127,6 +127,19 @@ def test_parquet_in_and_out(trained, in_store):
     assert written["id"].tolist() == rows["id"].tolist()
 
 
+def test_semicolon_file_with_decimal_commas_reads_as_training_does(trained, in_store):
+    """A ``;``-separated file with decimal commas (1,5): read like a training file, so the
+    numbers are numbers and every row is predicted."""
+    rows = new_rows(in_store / "comma.csv", n=40)
+    rows.to_csv(in_store / "euro.csv", sep=";", decimal=",", index=False)
+    assert "," in (in_store / "euro.csv").read_text().splitlines()[1]  # 30,25 style numbers
+    summary = predict_file(trained["table"], "euro.csv", "euro_out.csv", progress=False)
+    written = pd.read_csv(in_store / "euro_out.csv")
+    expected = mlflow.pyfunc.load_model(trained["table"]).predict(rows[FEATURES])
+    assert summary.rows == 40
+    assert written["prediction"].tolist() == expected["prediction"].tolist()
+
+
 def test_default_output_name(trained, in_store):
     new_rows(in_store / "batch.csv", n=10)
     summary = predict_file(trained["table"], "batch.csv", progress=False)
@@ -225,19 +238,28 @@ def test_signature_requires_every_feature_column():
     """MLflow marks a column optional when the example has a missing value in it; the
     preprocessor needs them all, so the logged signature requires them all."""
     from mlflow.models import infer_signature
-    from mlflow.types.schema import AnyType, DataType
+    from mlflow.types.schema import AnyType
 
     from sweep.data.table import TablePreprocessor
-    from sweep.packaging import _numbers_as_any
+    from sweep.packaging import _features_as_any
 
     x = pd.DataFrame({"age": [3.0, 4.0, 5.5], "color": ["black", None, "white"]})
     preprocessor = TablePreprocessor("classification", ["age", "color"]).fit(x, ["a", "b", "a"])
     inferred = infer_signature(x, pd.DataFrame({"prediction": ["a", "b", "a"]}))
     assert inferred.inputs.required_input_names() == ["age"]
-    inputs = _numbers_as_any(inferred, preprocessor).inputs
+    inputs = _features_as_any(inferred, preprocessor).inputs
     assert inputs.required_input_names() == ["age", "color"]
     assert isinstance(inputs.input_dict()["age"].type, AnyType)
-    assert inputs.input_dict()["color"].type == DataType.string
+    assert isinstance(inputs.input_dict()["color"].type, AnyType)  # may arrive all-NaN
+
+
+def test_a_batch_with_a_text_column_entirely_missing_predicts(trained, in_store):
+    """A text column that is missing in every row of a batch arrives as float NaN; the
+    preprocessor encodes it as a missing category instead of MLflow refusing the batch."""
+    model = mlflow.pyfunc.load_model(trained["table"])
+    rows = new_rows(in_store / "no_colors.csv", n=6).assign(color=np.nan)
+    predicted = model.predict(rows)
+    assert len(predicted) == 6 and predicted["prediction"].notna().all()
 
 
 def test_a_column_an_older_signature_calls_optional_is_still_required(trained, in_store):

@@ -101,6 +101,7 @@ def test_a_grid_needs_discrete_parameters_and_caps_n_trials(mlflow_store, tmp_pa
         (["study.metrics=[val/acc,val/acc]"], "study.metrics: val/acc is listed twice"),
         (["+champion.bogus=1"], "champion.bogus: unknown key"),
         (["champion.registered_name=team/model"], "champion.registered_name='team/model'"),
+        (["+n_trail=5"], "n_trail: unknown key; known keys: champion, data"),
     ],
 )
 def test_bad_sampler_pruner_study_or_champion_settings_fail_in_prepare(

@@ -570,7 +570,7 @@ def test_sigterm_during_fit_closes_the_run(tracked, monkeypatch, capsys):
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert code == 130
-    assert "interrupted" in capsys.readouterr().err
+    assert capsys.readouterr().err.strip() == "interrupted: the run is closed as KILLED"
     client = MlflowClient(tracking_uri=tracked)
     record = only_run(client)
     assert record.info.status == "KILLED"

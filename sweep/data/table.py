@@ -348,17 +348,27 @@ def read_table(path: Path) -> pd.DataFrame:
 def _read_csv(path: Path, head: bytes) -> pd.DataFrame:
     """Comma-separated, or ``;`` / tab / ``|`` when that is what the header line uses."""
     # low_memory=False: one dtype per column, not one per chunk
-    df = pd.read_csv(path, low_memory=False)
-    if len(df.columns) != 1:
-        return df
+    return pd.read_csv(path, low_memory=False, **csv_options(path, head))
+
+
+def csv_options(path: Path, head: bytes | None = None, sample_rows: int | None = None) -> dict:
+    """The ``pandas.read_csv`` options of a CSV file: none for comma-separated; ``sep`` when
+    it reads as a single column and its header line uses ``;``, tab or ``|``; and
+    ``decimal=","`` for ``;`` files whose numbers use the European decimal comma (judged on
+    ``sample_rows`` rows, or all). Training and ``sweep predict`` read files alike."""
+    if len(pd.read_csv(path, nrows=0).columns) != 1:
+        return {}
+    if head is None:
+        with path.open("rb") as f:
+            head = f.read(_SNIFF_BYTES)
     header = head.split(b"\n", 1)[0].decode("utf-8", errors="replace")
     for delimiter in OTHER_DELIMITERS:
         if delimiter in header:
-            df = pd.read_csv(path, low_memory=False, sep=delimiter)
-            if delimiter == ";" and _has_decimal_commas(df):  # 1,5: the European convention
-                df = pd.read_csv(path, low_memory=False, sep=delimiter, decimal=",")
-            return df
-    return df
+            sample = pd.read_csv(path, sep=delimiter, nrows=sample_rows, low_memory=False)
+            if delimiter == ";" and _has_decimal_commas(sample):  # 1,5
+                return {"sep": delimiter, "decimal": ","}
+            return {"sep": delimiter}
+    return {}
 
 
 def _has_decimal_commas(df: pd.DataFrame) -> bool:
