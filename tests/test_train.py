@@ -335,6 +335,46 @@ def test_same_config_and_seed_reproduce_every_metric(tracked):
     assert params[0] == params[1]
 
 
+def test_plain_steps_give_the_same_metrics_as_lightnings_wrappers(tracked, monkeypatch):
+    """In full precision the task calls backward() and the torch optimiser's step()
+    directly; through Lightning's manual_backward / LightningOptimizer.step (as mixed
+    precision does) every metric of the run is the same, gradient clipping included."""
+    overrides = [*TINY_SYNTHETIC, "model.dropout=0.2", "trainer.gradient_clip_val=0.5"]
+    _, plain = train(overrides)
+    original = Task.on_fit_start
+
+    def through_lightning(self):
+        original(self)
+        assert self.plain_steps  # 32-true: the plain path was in use above
+        self.plain_steps = False
+
+    monkeypatch.setattr(Task, "on_fit_start", through_lightning)
+    _, wrapped = train(overrides)
+    client = MlflowClient(tracking_uri=tracked)
+    a, b = (histories(client, r.run_id) for r in (plain, wrapped))
+    compared = set(a) - TIMING_METRICS
+    assert {"train/loss", "val/loss", "test/acc"} <= compared
+    for key in sorted(compared):
+        assert a[key] == b[key], key
+
+
+@pytest.mark.parametrize(("precision", "plain"), [("bf16-mixed", False), ("64-true", True)])
+def test_other_precisions_train(tracked, monkeypatch, precision, plain):
+    """Mixed precision goes through Lightning's backward and step (autocast); double
+    precision takes the plain path. Both train and record finite metrics."""
+    seen = []
+    original = Task.on_fit_start
+
+    def record_path(self):
+        original(self)
+        seen.append(self.plain_steps)
+
+    monkeypatch.setattr(Task, "on_fit_start", record_path)
+    _, result = train([*TINY_SYNTHETIC, f"trainer.precision={precision}"])
+    assert seen == [plain]
+    assert np.isfinite(result.test["test/acc"]) and result.value is not None
+
+
 # -- early stopping ------------------------------------------------------------------------
 def test_early_stopping_stops_and_keeps_the_best(tracked):
     overrides = [
