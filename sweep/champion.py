@@ -122,9 +122,10 @@ def _rerun(trial, spec, parent_run_id: str, seeds: list[int]) -> dict[str, Any]:
     from sweep.train import run
 
     overrides = config_mod.merge_overrides(spec.overrides, to_overrides(spec.params, trial.params))
+    hydra_part, values = config_mod.split_value_overrides(overrides)
     results = []
     for seed in seeds:
-        cfg = config_mod.compose("sweep", [*overrides, f"seed={seed}"])
+        cfg = config_mod.compose_with_values("sweep", hydra_part, {**values, "seed": seed})
         tags = {
             "sweep.role": "champion_rerun",
             "study.name": spec.name,

@@ -3,10 +3,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import os
 import threading
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -203,6 +203,7 @@ class JournalFlock:
         self.path = f"{journal_path}.flock"
         self._fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
         self._threads = threading.Lock()  # flock does not exclude threads sharing the fd
+        weakref.finalize(self, os.close, self._fd)  # also safe at interpreter exit
 
     def acquire(self) -> bool:
         self._threads.acquire()
@@ -218,10 +219,6 @@ class JournalFlock:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
         finally:
             self._threads.release()
-
-    def __del__(self) -> None:
-        with contextlib.suppress(Exception):
-            os.close(self._fd)
 
 
 def build_storage(url: str, heartbeat_interval: int | None = None, grace_period: int | None = None):

@@ -89,7 +89,8 @@ def prepare(overrides: list[str]) -> StudySpec:
     params = parse_space(cfg.search)
 
     def compose_run(extra: list[str]) -> DictConfig:
-        probe = config_mod.compose("sweep", config_mod.merge_overrides(overrides, extra))
+        # compose_fast: a space's probes differ in values only (Hydra: 150-300 ms each).
+        probe = config_mod.compose_fast("sweep", config_mod.merge_overrides(overrides, extra))
         config_mod.validate_run_config(probe)
         return probe
 

@@ -58,5 +58,31 @@ def test_compose_with_values_copies_and_rejects_unknown_keys() -> None:
     second = config_mod.compose_with_values("train", [], {})
     assert first.optimizer.lr == 0.5
     assert second.optimizer.lr != 0.5  # the cached base was copied, not changed
-    with pytest.raises(ConfigError, match=r"^model\.no_such_key: cannot set 3"):
+    with pytest.raises(ConfigError, match=r"^model\.no_such_key: unknown key in 'model'; known"):
         config_mod.compose_with_values("train", [], {"model.no_such_key": 3})
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["optimizer.lr=1e-3", "model.width=64", "seed=7"],
+        ["model=cnn", "model.channels=24", "optimizer=sgd", "optimizer.momentum=0.5"],
+        ["data=csv", "data.path='my table.csv'", "data.target=label", "data.drop=[id]"],
+        ["trainer.monitor=val/f1", "model.width=32", "model.width=48", "scheduler=cosine"],
+        ["+model.extra=3", "trainer.early_stopping.patience=2", "model.batch_norm=false"],
+        ["tracking.uri=null", "data.batch_size=256", "model.activation=gelu"],
+    ],
+)
+def test_compose_fast_equals_compose(overrides: list[str]) -> None:
+    """Plain value overrides set on a cached composition give Hydra's own result."""
+    fast = config_mod.compose_fast("train", overrides)
+    full = config_mod.compose("train", overrides)
+    assert OmegaConf.to_container(fast) == OmegaConf.to_container(full)
+
+
+def test_compose_fast_names_an_unknown_key_like_compose() -> None:
+    with pytest.raises(ConfigError) as fast:
+        config_mod.compose_fast("train", ["model.widht=3"])
+    with pytest.raises(ConfigError) as full:
+        config_mod.compose("train", ["model.widht=3"])
+    assert str(fast.value) == str(full.value)
