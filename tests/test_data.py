@@ -296,3 +296,23 @@ def test_datamodule_dataloader_mode():
     seen = torch.cat([y for _, y in dm.train_dataloader()])
     assert len(seen) == len(ds.y_train)
     assert sorted(seen.tolist()) == sorted(ds.y_train.tolist())
+
+
+def test_mnist1d_is_generated_once_per_machine(tmp_path, monkeypatch):
+    """Generated arrays are cached under .sweep/cache: a later process loads the same
+    arrays instead of generating them again."""
+    import numpy as np
+
+    from sweep.data import sources
+
+    monkeypatch.chdir(tmp_path)
+    sources._mnist1d_arrays.cache_clear()
+    generated = sources._mnist1d_arrays(500, 0.2)
+    (cached,) = (tmp_path / ".sweep" / "cache").glob("mnist1d-*-500-0.2.npz")
+    sources._mnist1d_arrays.cache_clear()  # as a new process would start
+    monkeypatch.setattr(sources, "_generate_mnist1d", None)  # must not be called now
+    loaded = sources._mnist1d_arrays(500, 0.2)
+    assert cached.exists() and set(loaded) == set(generated)
+    for key in generated:
+        np.testing.assert_array_equal(loaded[key], generated[key])
+    sources._mnist1d_arrays.cache_clear()
