@@ -573,8 +573,9 @@ def enqueue_base_point(study, spec: StudySpec) -> None:
 
 
 def _run_worker_rounds(study, spec: StudySpec, bar) -> None:
-    """Run local workers until the study is done. Another round is needed only when a
-    dead worker's trial was re-enqueued after the others had already stopped."""
+    """Run local workers until the study is done. Another round is needed when a killed
+    worker's trial was re-enqueued after the others had already stopped (its RUNNING
+    trial counted against the budget until it was found dead)."""
     from sweep.workers import run_local_workers
 
     for _ in range(3):
@@ -583,7 +584,8 @@ def _run_worker_rounds(study, spec: StudySpec, bar) -> None:
             return
         if any(code in (130, -2, -15) for code in codes):
             raise KeyboardInterrupt(f"workers exited with {codes}")
-        if any(code != 0 for code in codes):
+        # -9: SIGKILL (or the OOM killer); its trial is failed and retried in the next round.
+        if any(code not in (0, -9) for code in codes):
             failed = [t for t in study.get_trials(deepcopy=False) if t.state.name == "FAIL"]
             reason = failed[-1].user_attrs.get("error", "unknown") if failed else "unknown"
             raise StudyAborted(

@@ -87,7 +87,7 @@ def test_a_grid_needs_discrete_parameters_and_caps_n_trials(mlflow_store, tmp_pa
         (["sampler=nsga2", "sampler.population_size=1"], "sampler=nsga2: `population_size`"),
         (["+sampler.foo=1"], "sampler.foo: unknown option for sampler 'tpe'"),
         (["pruner=percentile", "pruner.percentile=150"], "pruner=percentile: Percentile must"),
-        (["pruner.n_warmup_steps=-1"], "pruner.n_warmup_steps=-1: must be >= 0"),
+        (["pruner=median", "pruner.n_warmup_steps=-1"], "pruner.n_warmup_steps=-1: must be >= 0"),
         (["pruner=patient", "pruner.patience=-1"], "pruner.patience=-1: must be >= 0"),
         (["pruner=hyperband", "pruner.reduction_factor=1"], "pruner.reduction_factor=1"),
         (["pruner=hyperband", "pruner.min_resource=0"], "pruner.min_resource=0: must be >= 1"),

@@ -322,7 +322,8 @@ def test_a_grid_study_walks_its_points_once_without_the_base_point(tracked, tmp_
         "model.width: {type: categorical, choices: [8, 16]}\n"
         "optimizer.lr: {type: categorical, choices: [0.003, 0.01]}\n",
     )
-    settings = [*QUICK, searchpath, "search=grid2", "sampler=grid", "study.name=grid2"]
+    settings = [*QUICK, searchpath, "search=grid2", "sampler=grid", "pruner=none"]
+    settings.append("study.name=grid2")
     _tune([*settings, "study.n_trials=10", "trainer.max_epochs=2"])
     _tune([*settings, "study.n_trials=10", "trainer.max_epochs=2"])  # resumed: done already
     study = _study("grid2", [searchpath])

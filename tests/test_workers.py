@@ -124,8 +124,12 @@ def _run_parallel_study(tracked, tmp_path, name: str, extra: list[str]):
 def _assert_distinct_points(study) -> None:
     """Workers sample with seeds of their own: no two sampled trials share a point (the
     enqueued base config and retries repeat a point on purpose)."""
+    import warnings
+
+    import optuna
     from optuna.storages import RetryHeartbeatStaleTrialCallback as Retry
 
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     sampled = [
         t.params["optimizer.lr"]
         for t in study.trials
@@ -288,7 +292,7 @@ def test_multi_machine_recipe_tracking_server_postgres_and_a_joining_worker(tmp_
         f"storage.url={postgres_url}",
         "tracking=server",
         "study.name=multi",
-        "study.n_trials=6",
+        "study.n_trials=10",
         "champion.k=1",
         "champion.seeds=1",
     ]
