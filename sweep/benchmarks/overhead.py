@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import time
+from pathlib import Path
 from typing import Any
 
 from sweep.benchmarks.common import median, trial_seconds, workdir
@@ -65,56 +66,53 @@ def hand_loop(dataset: Any, cfg: Any) -> float:
     return time.perf_counter() - started
 
 
-def platform_trials(repetitions: int, extra: list[str]) -> list[float]:
-    """Seconds per trial of a real study whose space holds a single point."""
-    from pathlib import Path
-
+def _next_trial(overrides: list[str], count: int) -> float:
+    """Resume the study to ``count`` trials (one more) and return that trial's seconds."""
+    from sweep.check import load_study
     from sweep.study import tune
 
-    with workdir("overhead") as tmp:
-        search = Path(tmp) / "conf" / "search"
-        search.mkdir(parents=True)
-        # One point: every trial trains the same config as the hand loop.
-        (search / "point.yaml").write_text("optimizer.lr: {type: categorical, choices: [0.003]}\n")
-        overrides = [
-            *OVERRIDES,
-            *extra,
-            f"hydra.searchpath=[file://{tmp}/conf]",
-            "search=point",
-            "sampler=random",
-            f"study.n_trials={repetitions}",
-            "study.name=overhead",
-        ]
-        tune(overrides, progress=False)
-        from sweep.check import load_study
-
-        study, _ = load_study(overrides)
-        return trial_seconds(study)
+    tune([*overrides, f"study.n_trials={count}"], progress=False)
+    study, _ = load_study([*overrides, f"study.n_trials={count}"])
+    return trial_seconds(study)[-1]
 
 
 def run(repetitions: int = 5) -> dict[str, Any]:
+    """Interleaved: a hand loop, a platform trial, a trial without the logged model, again
+    and again; ratios are medians of each round's pair, so a machine that slows down or
+    speeds up over the minutes (measured here: +-20%) affects both sides alike."""
     import torch
 
     from sweep.config import compose, run_part
     from sweep.optuna_parts import env_threads
     from sweep.train import load_data
 
-    torch.set_num_threads(env_threads(1))  # what a single worker's trials use
     cfg = run_part(compose("sweep", OVERRIDES))
     dataset = load_data(cfg)
-    hand_loop(dataset, cfg)  # warm-up: first-call costs are not per-trial costs
-    hand = [hand_loop(dataset, cfg) for _ in range(repetitions)]
-    full = platform_trials(repetitions + 1, [])[1:]  # the first trial pays one-off imports
-    lean = platform_trials(repetitions + 1, ["tracking.log_model=false"])[1:]
-    torch.set_num_threads(env_threads(1))
-    hand += [hand_loop(dataset, cfg) for _ in range(repetitions)]
+    with workdir("overhead") as tmp:
+        search = Path(tmp) / "conf" / "search"
+        search.mkdir(parents=True)
+        # One point: every trial trains the same config as the hand loop.
+        (search / "point.yaml").write_text("optimizer.lr: {type: categorical, choices: [0.003]}\n")
+        common = [*OVERRIDES, f"hydra.searchpath=[file://{tmp}/conf]", "search=point"]
+        full = [*common, "sampler=random", "study.name=full"]
+        lean = [*common, "sampler=random", "study.name=lean", "tracking.log_model=false"]
+        # Warm-up: first calls pay one-off costs (imports, the store's schema, caches).
+        _next_trial(full, 1), _next_trial(lean, 1)
+        hand, trial, trial_lean = [], [], []
+        for i in range(repetitions):
+            torch.set_num_threads(env_threads(1))  # what a single worker's trials use
+            hand.append(hand_loop(dataset, cfg))
+            trial.append(_next_trial(full, i + 2))
+            trial_lean.append(_next_trial(lean, i + 2))
     return {
         "epochs": EPOCHS,
         "hand_s": median(hand),
-        "trial_s": median(full),
-        "trial_nomodel_s": median(lean),
-        "ratio": median(full) / median(hand),
-        "ratio_nomodel": median(lean) / median(hand),
+        "trial_s": median(trial),
+        "trial_nomodel_s": median(trial_lean),
+        "ratio": median(ratios := [t / h for t, h in zip(trial, hand, strict=True)]),
+        "ratio_nomodel": median(lean := [t / h for t, h in zip(trial_lean, hand, strict=True)]),
+        "ratio_range": [round(min(ratios), 3), round(max(ratios), 3)],
+        "ratio_nomodel_range": [round(min(lean), 3), round(max(lean), 3)],
         "repetitions": repetitions,
         "threads": torch.get_num_threads(),
     }

@@ -1,5 +1,6 @@
 """Concurrent writers: Optuna's journal file vs SQLite RDB storage, and MLflow's sqlite
-store, each under 4 processes doing what sweep workers do (no training: pure storage).
+store vs a local tracking server over it, each under 4 processes doing what sweep workers
+do (no training: pure storage).
 
 Per Optuna worker: ``n`` trials of ask -> 10 x report -> tell through ``study.optimize``
 (heartbeat on for SQLite, as a crash-safe setup needs). Per MLflow worker: ``n`` runs of
@@ -112,6 +113,51 @@ def mlflow_store(workers: int, n: int) -> dict[str, Any]:
         return result
 
 
+def mlflow_server(workers: int, n: int) -> dict[str, Any]:
+    """The same writers through a local tracking server (``mlflow server`` on loopback
+    over a sqlite backend store, one uvicorn worker): the alternative for many writers."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import urllib.request
+
+    from mlflow.tracking import MlflowClient
+
+    from sweep.server import stop_group
+
+    with tempfile.TemporaryDirectory() as tmp, socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+        probe.close()
+        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        server = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
+             f"sqlite:///{tmp}/mlflow.db", "--artifacts-destination", f"{tmp}/art",
+             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )  # fmt: skip
+        uri = f"http://127.0.0.1:{port}"
+        try:
+            for _ in range(240):
+                try:
+                    urllib.request.urlopen(f"{uri}/health", timeout=1).close()
+                    break
+                except OSError:
+                    time.sleep(0.5)
+            client = MlflowClient(tracking_uri=uri)
+            client.create_experiment("bench")
+            result = _run(_mlflow_worker, uri, workers, n)
+            runs = client.search_runs(
+                [client.get_experiment_by_name("bench").experiment_id], max_results=5000
+            )
+            result.update(runs=len(runs), finished=sum(r.info.status == "FINISHED" for r in runs))
+            return result
+        finally:
+            stop_group(server)
+
+
 def run(workers: int = 4, n: int = 100) -> dict[str, Any]:
     return {
         "workers": workers,
@@ -119,6 +165,7 @@ def run(workers: int = 4, n: int = 100) -> dict[str, Any]:
         "journal": optuna_storage("journal", workers, n),
         "sqlite": optuna_storage("sqlite", workers, n),
         "mlflow_sqlite": mlflow_store(workers, n),
+        "mlflow_server": mlflow_server(workers, n),
     }
 
 
