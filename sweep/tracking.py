@@ -31,11 +31,13 @@ SECRET_KEYS = ("password", "secret", "token")
 
 def resolve_tracking_uri(uri: str | None) -> str:
     """Config value, else MLFLOW_TRACKING_URI, else MLflow's default (sqlite:///mlflow.db)."""
-    import mlflow
-
     if uri:
         return uri
-    return os.environ.get("MLFLOW_TRACKING_URI") or mlflow.get_tracking_uri()
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    import mlflow  # only here: reading runs from a known store need not import it
+
+    return mlflow.get_tracking_uri()
 
 
 def setup(uri: str | None) -> str:

@@ -7,12 +7,15 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+#: The PostgreSQL server's admin URL (tests create and drop their own databases there).
+PG_ADMIN_URL = os.environ.get("SWEEP_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
 #: Tiny run configs: a few seconds of training at most.
 TINY_SYNTHETIC = ["data=synthetic", "trainer=fast"]  # 600 rows, 3 epochs
@@ -125,3 +128,28 @@ def count_runs(db_path: Path) -> int:
         if "runs" not in tables:
             return 0
         return int(conn.execute("select count(*) from runs").fetchone()[0])
+
+
+@pytest.fixture
+def postgres_url():
+    """A fresh PostgreSQL database for one test, dropped afterwards."""
+    try:
+        import psycopg
+
+        admin = psycopg.connect(PG_ADMIN_URL, connect_timeout=3, autocommit=True)
+    except Exception as exc:
+        if os.environ.get("CI") == "true":
+            raise AssertionError(f"PostgreSQL must be reachable in CI: {exc}") from exc
+        pytest.skip(f"no PostgreSQL server at {PG_ADMIN_URL}: {exc}")
+    db = f"sweep_test_{uuid.uuid4().hex[:10]}"
+    admin.execute(f'CREATE DATABASE "{db}"')
+    base = PG_ADMIN_URL.rsplit("/", 1)[0]
+    yield f"{base}/{db}"
+    with admin.cursor() as cur:
+        cur.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = %s AND pid <> pg_backend_pid()",
+            (db,),
+        )
+        cur.execute(f'DROP DATABASE IF EXISTS "{db}"')
+    admin.close()

@@ -361,6 +361,90 @@ def test_runs_rejects_unknown_states_bad_filters_and_absent_servers(store: TinyS
     assert time.monotonic() - started < 30  # not MLflow's minutes of retries
 
 
+# -- the database read and MLflow's search agree -------------------------------------------------
+@pytest.mark.parametrize(
+    "query",
+    [
+        {"include_parents": True, "tags": ["champion.trial", "trial.error"]},
+        {"studies": [STUDY_B, STUDY_A, STUDY_A], "states": ["COMPLETE", "PRUNED"]},
+        {"experiments": [PLAIN]},
+        {"studies": []},
+    ],
+    ids=["everything", "studies-and-states", "one-experiment", "no-study"],
+)
+def test_database_read_equals_mlflow_search(
+    store: TinyStore, monkeypatch: pytest.MonkeyPatch, query: dict
+) -> None:
+    """The direct read of MLflow's tables gives exactly the frame search_runs gives."""
+    import pandas as pd
+
+    from sweep import compare, run_records
+
+    direct = compare.runs(tracking_uri=store.uri, **query)
+    monkeypatch.setattr(run_records, "is_database", lambda uri: False)
+    searched = compare.runs(tracking_uri=store.uri, **query)
+    pd.testing.assert_frame_equal(direct, searched)
+    assert direct.attrs == searched.attrs
+    assert direct.empty == (query.get("studies") == [])  # the case is not vacuous
+
+
+def test_database_read_skips_deleted_runs_and_keeps_nan_metrics(
+    tmp_path: Path, _empty_mlflow_db: Path
+) -> None:
+    import shutil
+
+    import pandas as pd
+    from mlflow.tracking import MlflowClient
+
+    from sweep import compare, run_records
+
+    shutil.copy(_empty_mlflow_db, tmp_path / "mlflow.db")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.create_experiment("nan")
+    kept, deleted = (client.create_run(exp).info.run_id for _ in range(2))
+    client.log_metric(kept, "val/loss", 1.0, step=0)
+    client.log_metric(kept, "val/loss", float("nan"), step=1)  # the latest value is NaN
+    client.log_param(kept, "model.width", "8")
+    client.delete_run(deleted)
+    records = run_records.read_database(uri, [exp])
+    assert [r.run_id for r in records] == [kept]
+    assert math.isnan(records[0].metrics["val/loss"])
+    assert records[0].params == {"model.width": "8"}
+    direct = compare.runs(experiments="nan", tracking_uri=uri)
+    names, searched = compare._records(uri, ["nan"], None, "attributes.status != 'x'")
+    assert names == {exp: "nan"} and [r.run_id for r in searched] == [kept]
+    assert math.isnan(direct.loc[0, "val/loss"]) and direct.loc[0, "model.width"] == 8
+    # A store without tables yet: the direct read fails, MLflow's path creates them.
+    with pytest.raises(run_records.Unreadable):
+        run_records.read_experiments(f"sqlite:///{tmp_path / 'new.db'}")
+    empty = compare.runs(tracking_uri=f"sqlite:///{tmp_path / 'new.db'}")
+    assert isinstance(empty, pd.DataFrame) and empty.empty
+
+
+@pytest.mark.postgres
+def test_database_read_equals_mlflow_search_on_postgresql(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same on an MLflow store in PostgreSQL (the multi-machine recipe's backend)."""
+    import pandas as pd
+
+    from sweep import compare, run_records
+    from sweep.benchmarks import compare_runs as bench
+
+    bench.fill(postgres_url, n_runs=12, n_studies=2)
+    direct = compare.runs(tracking_uri=postgres_url, include_parents=True)
+    one = compare.runs(tracking_uri=postgres_url, studies="bench_01", states="COMPLETE")
+    monkeypatch.setattr(run_records, "is_database", lambda uri: False)
+    pd.testing.assert_frame_equal(
+        direct, compare.runs(tracking_uri=postgres_url, include_parents=True)
+    )
+    pd.testing.assert_frame_equal(
+        one, compare.runs(tracking_uri=postgres_url, studies="bench_01", states="COMPLETE")
+    )
+    assert len(direct) == 14 and set(one["study"]) == {"bench_01"}
+
+
 # -- the benchmark script ----------------------------------------------------------------------
 def test_bench_fill_and_paged_search(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, _empty_mlflow_db: Path
@@ -368,14 +452,19 @@ def test_bench_fill_and_paged_search(
     """The benchmark's fill writes what runs() reads, across several search pages."""
     import shutil
 
-    from sweep import compare
+    import pandas as pd
+
+    from sweep import compare, run_records
     from sweep.benchmarks import compare_runs as bench
 
     shutil.copy(_empty_mlflow_db, tmp_path / "mlflow.db")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     bench.fill(uri, n_runs=25, n_studies=2)
+    frame = compare.runs(tracking_uri=uri)  # read from the database
+    monkeypatch.setattr(run_records, "is_database", lambda uri: False)
     monkeypatch.setattr(compare, "PAGE_SIZE", 7)  # several pages: the page token is followed
-    frame = compare.runs(tracking_uri=uri)
+    paged = compare.runs(tracking_uri=uri)
+    pd.testing.assert_frame_equal(frame, paged)
     assert len(frame) == 25 and frame["run_id"].is_unique
     assert str(frame["model.batch_norm"].dtype) == "bool"
     assert str(frame["model.width"].dtype) == "int64"

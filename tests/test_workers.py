@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,6 @@ from conftest import cli_env, start_cli
 
 pytestmark = pytest.mark.e2e
 
-PG_ADMIN_URL = os.environ.get("SWEEP_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 QUICK = [
     "data=synthetic",
     "search=tiny",
@@ -144,31 +142,6 @@ def _assert_distinct_points(study) -> None:
 def test_four_local_workers_share_the_embedded_journal_storage(tracked, tmp_path):
     _run_parallel_study(tracked, tmp_path, "par_journal", [])
     assert (tmp_path / ".sweep" / "optuna.journal").exists()
-
-
-@pytest.fixture
-def postgres_url():
-    """A fresh PostgreSQL database for one test, dropped afterwards."""
-    try:
-        import psycopg
-
-        admin = psycopg.connect(PG_ADMIN_URL, connect_timeout=3, autocommit=True)
-    except Exception as exc:
-        if os.environ.get("CI") == "true":
-            raise AssertionError(f"PostgreSQL must be reachable in CI: {exc}") from exc
-        pytest.skip(f"no PostgreSQL server at {PG_ADMIN_URL}: {exc}")
-    db = f"sweep_test_{uuid.uuid4().hex[:10]}"
-    admin.execute(f'CREATE DATABASE "{db}"')
-    base = PG_ADMIN_URL.rsplit("/", 1)[0]
-    yield f"{base}/{db}"
-    with admin.cursor() as cur:
-        cur.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE datname = %s AND pid <> pg_backend_pid()",
-            (db,),
-        )
-        cur.execute(f'DROP DATABASE IF EXISTS "{db}"')
-    admin.close()
 
 
 @pytest.mark.postgres

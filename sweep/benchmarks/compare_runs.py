@@ -4,7 +4,8 @@
 
 Fills a fresh store with sweep-shaped runs (one parent per study; trials with ~45
 params, ~15 final metrics and the sweep tags, each written by one ``log_batch``), then
-times ``runs()`` (best of --repeat). The store lives on /dev/shm when it exists: the
+times ``runs()`` (best of --repeat; the first includes the imports, as a user's first
+call in a fresh process does). The store lives on /dev/shm when it exists: the
 fill then costs CPU, not fsyncs, and the timing measures the read path, which is what
 users wait for. Prints one JSON line (``make bench`` puts it in bench/results.md).
 """
