@@ -69,7 +69,7 @@ def render(results: dict) -> str:
         ),
         (
             f"Search, {s['n_trials']} trials, default space: wall time, template-style / "
-            "ours (1 worker; 2 workers)",
+            f"ours (1 worker; 2 workers), median of {len(s.get('seeds', [0]))} sampler seeds",
             f"{sb['wall_s']:.0f} s / {so['wall_s']:.0f} s = **{s['speedup']:.1f}x**; "
             f"/ {sp['wall_s']:.0f} s = **{s['speedup_2_workers']:.1f}x**",
             ">= 3x",
@@ -82,8 +82,22 @@ def render(results: dict) -> str:
         (
             "Best val acc: template-style / ours (1; 2 workers)",
             f"{sb['best_val']:.4f} / {so['best_val']:.4f}; {sp['best_val']:.4f} "
-            f"({so['pruned']}; {sp['pruned']} of ours pruned)",
+            f"({so['pruned']:.0f}; {sp['pruned']:.0f} of ours pruned)",
             "ours >= template",
+        ),
+        (
+            "Best val acc per sampler seed "
+            f"({', '.join(str(x) for x in s.get('seeds', [0]))}): template-style / ours (1; 2)",
+            "; ".join(
+                f"{b['best_val']:.4f} / {o['best_val']:.4f} ({p['best_val']:.4f})"
+                for b, o, p in zip(
+                    sb.get("per_seed", [sb]),
+                    so.get("per_seed", [so]),
+                    sp.get("per_seed", [sp]),
+                    strict=True,
+                )
+            ),
+            "",
         ),
         (
             "Test acc of the best-val trial: template-style / ours (1; 2 workers)",
@@ -139,6 +153,11 @@ def render(results: dict) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m sweep.benchmarks")
     parser.add_argument("--quick", action="store_true", help="fewer repetitions and trials")
+    parser.add_argument(
+        "--only",
+        help="comma-separated phases to run again (help_s, overhead, workers, search, "
+        "compare, storage); the others keep their results from bench/results.json",
+    )
     args = parser.parse_args()
     from sweep.benchmarks import overhead, search, storage, workers
 
@@ -147,21 +166,38 @@ def main() -> int:
         "help_s": cli_help_seconds,
         "overhead": lambda: overhead.run(reps),
         "workers": lambda: workers.run(n_workers),
-        "search": lambda: search.run(n_search),
+        "search": lambda: search.run(n_search, seeds=(0,) if args.quick else (0, 1, 2)),
         "compare": lambda: compare_runs_seconds(n_runs),
         "storage": lambda: storage.run(4, 25 if args.quick else 100),
     }
-    results = {}
-    for name, phase in phases.items():
+    saved = ROOT / "bench" / "results.json"
+    results: dict = {}
+    chosen = list(phases)
+    if args.only:
+        chosen = [p.strip() for p in args.only.split(",") if p.strip()]
+        unknown = sorted(set(chosen) - set(phases))
+        if unknown:
+            parser.error(f"--only: unknown phase {unknown[0]!r}; choose from {', '.join(phases)}")
+        results = json.loads(saved.read_text()) if saved.exists() else {}
+        missing = [p for p in phases if p not in results and p not in chosen]
+        if missing:
+            parser.error(f"--only: no saved results for {', '.join(missing)}; run them too")
+    ran = results.setdefault("ran_at", {})
+    for name in chosen:
         started = time.perf_counter()
-        results[name] = phase()
+        results[name] = phases[name]()
+        ran[name] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
         print(
             f"[{name}: {time.perf_counter() - started:.0f} s] {json.dumps(results[name])}",
             file=sys.stderr,
             flush=True,
         )
+    saved.parent.mkdir(exist_ok=True)
+    saved.write_text(json.dumps(results, indent=2, default=str) + "\n")
     table = render(results)
-    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    when = max(ran.values())
+    if len(set(ran.values())) > 1:  # phases run at different times: say when each ran
+        when += " (" + ", ".join(f"{k}: {v[11:]}" for k, v in ran.items()) + ")"
     command = "make bench" + (" ARGS=--quick" if args.quick else "")
     text = (
         f"# Benchmarks\n\n{when}, `{command}`, on {machine()}.\n"
