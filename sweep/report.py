@@ -562,7 +562,8 @@ def _max_epoch(fig) -> float:
 
 
 def _curve(trial, run_id: str | None, curves: pd.DataFrame | None) -> tuple[list, list]:
-    """A trial's curve from MLflow; Optuna's intermediate values when MLflow has none."""
+    """A trial's curve from MLflow; Optuna's intermediate values (the best value so far
+    at each epoch, as the pruning hook reports it) when MLflow has none."""
     if curves is not None and run_id:
         points = curves[curves["run_id"] == run_id]
         if len(points):

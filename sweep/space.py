@@ -271,6 +271,39 @@ def base_params(params: list[Param], base_cfg: DictConfig) -> dict[str, Any]:
     return point
 
 
+def base_points(
+    params: list[Param],
+    base_cfg: DictConfig,
+    compose_choice: Callable[[dict[str, Any]], DictConfig],
+    limit: int,
+) -> list[dict[str, Any]]:
+    """The first trials of a new study: the base config, then each other option of a
+    searched config group at its own defaults (``model=cnn`` with the cnn config's
+    channels, kernel and dropout), at most ``limit`` points in all.
+
+    The base point alone makes a study never worse than the defaults. The options' own
+    defaults make sure every architecture in the space is tried early: with five random
+    start-up trials a two-way choice goes untried one study in sixteen, and TPE then
+    exploits what it has seen (measured: a 20-trial mnist1d study that never tried the
+    cnn, 0.66 best val against 0.97). ``compose_choice`` composes the config of a group
+    choice (``{"model": "cnn"}``) the way a trial's config is composed.
+    """
+    points = [base_params(params, base_cfg)]
+    for param in params:
+        if not param.is_group or param.when:
+            continue  # a conditional group's defaults are not what its condition picks
+        base_choice = base_value(base_cfg, param.key, True)
+        for choice in param.choices:
+            if len(points) >= limit:
+                return points
+            if choice == base_choice:
+                continue
+            point = base_params(params, compose_choice({param.key: choice}))
+            point[param.key] = choice
+            points.append(point)
+    return points[: max(1, limit)]
+
+
 def _check_condition_can_hold(key: str, cond_key: str, expected: Any, cond: Param | None) -> None:
     """A condition on a searched categorical that none of its choices meets would leave
     ``key`` silently unsearched: almost always a typo."""

@@ -25,7 +25,7 @@ from sweep import config as config_mod
 from sweep.errors import ConfigError, SweepError
 from sweep.space import (
     Param,
-    base_params,
+    base_points,
     grid_size,
     parse_space,
     suggest,
@@ -355,7 +355,11 @@ class Objective:
         cfg = trial_config(self.spec, sampled)
         config_mod.validate_run_config(cfg)
         run_cfg = config_mod.run_part(cfg)
-        pruning = OptunaPruning(trial, self.spec.monitor) if not self.spec.multi_objective else None
+        pruning = (
+            None
+            if self.spec.multi_objective
+            else OptunaPruning(trial, self.spec.monitor, self.spec.mode)
+        )
         tags = {
             "sweep.role": "trial",
             "study.name": self.spec.name,
@@ -560,16 +564,19 @@ def tune(overrides: list[str], progress: bool = True) -> dict[str, Any]:
 
 
 def enqueue_base_point(study, spec: StudySpec) -> None:
-    """The base config as the first trial of a new study: never worse than the defaults.
+    """The first trials of a new study: the base config (never worse than the defaults),
+    then each other option of a searched group at its defaults (see
+    :func:`sweep.space.base_points`), together at most a quarter of ``study.n_trials``.
 
     Not for the grid sampler: it walks its own points, and refuses a trial whose point
     is not fully given (a base value outside the space).
     """
     if study.trials or spec.cfg.sampler.name == "grid":
         return
-    point = base_params(spec.params, spec.cfg)
-    if point:
-        study.enqueue_trial(point, skip_if_exists=True)
+    limit = max(1, int(spec.cfg.study.n_trials) // 4)
+    for point in base_points(spec.params, spec.cfg, lambda p: trial_config(spec, p), limit):
+        if point:
+            study.enqueue_trial(point, skip_if_exists=True)
 
 
 def _run_worker_rounds(study, spec: StudySpec, bar) -> None:

@@ -169,3 +169,60 @@ def test_after_a_success_a_long_run_of_one_error_still_stops():
     ran, message = _scripted_study("o" + "a" * 12, limit=2)
     assert ran == 1 + 2 * 3
     assert "6 trials in a row failed with: ValueError: bad point a" in message
+
+
+# -- the first trials of a new study -------------------------------------------------------------
+def test_base_points_are_the_base_then_each_other_group_option_at_its_defaults() -> None:
+    from sweep.space import base_points
+    from sweep.study import prepare, trial_config
+
+    spec = prepare(["search=default", "data=synthetic"])
+    points = base_points(spec.params, spec.cfg, lambda p: trial_config(spec, p), limit=5)
+    assert [p["model"] for p in points] == ["mlp", "cnn"]  # every architecture early
+    base, cnn = points
+    assert base["optimizer.lr"] == pytest.approx(0.003) and base["model.width"] == 128
+    # The cnn point carries the cnn config's own defaults, and no mlp-only key.
+    cnn_cfg = trial_config(spec, {"model": "cnn"})
+    assert cnn["model.channels"] == cnn_cfg.model.channels
+    assert "model.width" not in cnn and "model.depth" not in cnn
+    assert base_points(spec.params, spec.cfg, lambda p: trial_config(spec, p), limit=1) == [base]
+
+
+def test_a_new_study_enqueues_at_most_a_quarter_of_its_trials(tmp_path: Path) -> None:
+    import optuna
+
+    from sweep.study import enqueue_base_point, prepare
+
+    def enqueued(n_trials: int) -> list[str]:
+        spec = prepare(["search=default", "data=synthetic", f"study.n_trials={n_trials}"])
+        study = optuna.create_study(direction="maximize")
+        enqueue_base_point(study, spec)
+        return [
+            t.params.get("model") or t.system_attrs["fixed_params"]["model"] for t in study.trials
+        ]
+
+    assert enqueued(20) == ["mlp", "cnn"]
+    assert enqueued(4) == ["mlp"]  # a tiny study keeps its budget for the sampler
+
+
+def test_pruning_hook_reports_the_best_value_so_far() -> None:
+    from types import SimpleNamespace
+
+    from sweep.pruning import OptunaPruning
+
+    reported: list[tuple[float, int]] = []
+    trial = SimpleNamespace(
+        report=lambda value, step: reported.append((value, step)), should_prune=lambda: False
+    )
+    for mode, values, expected in (
+        ("max", [0.4, 0.7, 0.5, 0.8], [0.4, 0.7, 0.7, 0.8]),
+        ("min", [1.0, 0.6, 0.9, 0.5], [1.0, 0.6, 0.6, 0.5]),
+    ):
+        reported.clear()
+        hook = OptunaPruning(trial, "val/x", mode)
+        for epoch, value in enumerate(values):
+            module = SimpleNamespace(epoch_metrics={"val/x": value})
+            hook.on_validation_end(
+                SimpleNamespace(sanity_checking=False, current_epoch=epoch), module
+            )
+        assert reported == list(zip(expected, range(4), strict=True))

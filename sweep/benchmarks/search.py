@@ -106,7 +106,7 @@ def baseline(n_trials: int, seed: int) -> dict[str, Any]:
     from sweep import config as config_mod
     from sweep.data.module import ArrayDataModule
     from sweep.models.networks import build_network
-    from sweep.space import base_params, parse_space, suggest, to_overrides
+    from sweep.space import base_points, parse_space, suggest, to_overrides
     from sweep.train import load_data, monitor_of, quiet_lightning
 
     quiet_lightning()
@@ -163,7 +163,13 @@ def baseline(n_trials: int, seed: int) -> dict[str, Any]:
                 n_startup_trials=5, multivariate=True, group=True, seed=seed
             ),
         )
-        study.enqueue_trial(base_params(params, base))  # as our study does
+
+        def compose_choice(point):
+            return config_mod.compose("sweep", ["search=default", *to_overrides(params, point)])
+
+        # The same first trials as our study: the base config, each model at its defaults.
+        for point in base_points(params, base, compose_choice, max(1, n_trials // 4)):
+            study.enqueue_trial(point)
         started = time.time()
         study.optimize(objective, n_trials=n_trials)
         wall = time.time() - started
