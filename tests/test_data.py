@@ -239,8 +239,7 @@ def test_training_batches_never_hold_a_single_row(loader):
     train = dm.train_dataloader()
     batches = list(next(iter(train))) if loader == "memory" else list(train)
     assert min(len(y) for _, y in batches) > 1
-    if loader == "memory":  # merged into the batch before: every row still trains
-        assert sum(len(y) for _, y in batches) == len(ds.x_train)
+    assert sum(len(y) for _, y in batches) == len(ds.x_train)  # merged: every row trains
     val_sizes = [len(y) for _, y in dm.val_dataloader()]
     assert sum(val_sizes) == len(ds.x_val)  # evaluation keeps every row
 
@@ -296,6 +295,24 @@ def test_datamodule_dataloader_mode():
     seen = torch.cat([y for _, y in dm.train_dataloader()])
     assert len(seen) == len(ds.y_train)
     assert sorted(seen.tolist()) == sorted(ds.y_train.tolist())
+
+
+@pytest.mark.parametrize("batch_size", [32, 50])
+def test_both_loaders_give_the_same_batches(batch_size):
+    """The same seed trains on the same mini-batches with either loader, epoch after
+    epoch (so a run's metrics do not depend on the loader)."""
+    ds = load_dataset(data_cfg("data=synthetic"))
+    memory = ArrayDataModule(ds, batch_size=batch_size, seed=3, loader="memory")
+    classic = ArrayDataModule(ds, batch_size=batch_size, seed=3, loader="dataloader")
+    (in_memory,) = list(memory.train_dataloader())
+    loader = classic.train_dataloader()
+    for _ in range(3):  # a new permutation each epoch, the same on both sides
+        pairs = list(zip(in_memory, loader, strict=True))
+        for (xa, ya), (xb, yb) in pairs:
+            assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    for split in ("val_dataloader", "test_dataloader"):
+        a, b = list(getattr(memory, split)()), list(getattr(classic, split)())
+        assert [torch.equal(xa, xb) for (xa, _), (xb, _) in zip(a, b, strict=True)] == [True]
 
 
 def test_mnist1d_is_generated_once_per_machine(tmp_path, monkeypatch):

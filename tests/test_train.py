@@ -335,6 +335,20 @@ def test_same_config_and_seed_reproduce_every_metric(tracked):
     assert params[0] == params[1]
 
 
+def test_both_loaders_give_the_same_metrics(tracked):
+    """``data.loader=dataloader`` batches by the same seeded order as the in-memory path:
+    a run's curves and scores do not depend on the loader."""
+    overrides = [*TINY_SYNTHETIC, "model.dropout=0.2", "tracking.log_model=false"]
+    _, memory = train(overrides)
+    _, classic = train([*overrides, "data.loader=dataloader"])
+    client = MlflowClient(tracking_uri=tracked)
+    a, b = (histories(client, r.run_id) for r in (memory, classic))
+    compared = set(a) - TIMING_METRICS
+    assert {"train/loss", "val/loss", "val/acc", "test/acc"} <= compared
+    for key in sorted(compared):
+        assert a[key] == b[key], key
+
+
 def test_plain_steps_give_the_same_metrics_as_lightnings_wrappers(tracked, monkeypatch):
     """In full precision the task calls backward() and the torch optimiser's step()
     directly; through Lightning's manual_backward / LightningOptimizer.step (as mixed

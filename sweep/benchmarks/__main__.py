@@ -82,7 +82,9 @@ def render(results: dict) -> str:
         (
             "Best val acc: template-style / ours (1; 2 workers)",
             f"{sb['best_val']:.4f} / {so['best_val']:.4f}; {sp['best_val']:.4f} "
-            f"({so['pruned']:.0f}; {sp['pruned']:.0f} of ours pruned)",
+            f"({so['pruned']:.0f}; {sp['pruned']:.0f} of ours pruned); ours >= template on "
+            f"{so.get('seeds_at_least_baseline', '?')} ({sp.get('seeds_at_least_baseline', '?')})"
+            f" of {len(s.get('seeds', [0]))} seeds",
             "ours >= template",
         ),
         (
@@ -90,6 +92,19 @@ def render(results: dict) -> str:
             f"({', '.join(str(x) for x in s.get('seeds', [0]))}): template-style / ours (1; 2)",
             "; ".join(
                 f"{b['best_val']:.4f} / {o['best_val']:.4f} ({p['best_val']:.4f})"
+                for b, o, p in zip(
+                    sb.get("per_seed", [sb]),
+                    so.get("per_seed", [so]),
+                    sp.get("per_seed", [sp]),
+                    strict=True,
+                )
+            ),
+            "",
+        ),
+        (
+            "Wall time per sampler seed: template-style / ours (1; 2)",
+            "; ".join(
+                f"{b['wall_s']:.0f} / {o['wall_s']:.0f} ({p['wall_s']:.0f}) s"
                 for b, o, p in zip(
                     sb.get("per_seed", [sb]),
                     so.get("per_seed", [so]),
@@ -166,7 +181,7 @@ def main() -> int:
         "help_s": cli_help_seconds,
         "overhead": lambda: overhead.run(reps),
         "workers": lambda: workers.run(n_workers),
-        "search": lambda: search.run(n_search, seeds=(0,) if args.quick else (0, 1, 2)),
+        "search": lambda: search.run(n_search, seeds=(0,) if args.quick else (0, 1, 2, 3, 4)),
         "compare": lambda: compare_runs_seconds(n_runs),
         "storage": lambda: storage.run(4, 25 if args.quick else 100),
     }

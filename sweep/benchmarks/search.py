@@ -4,7 +4,12 @@ pruning, one trial at a time; Lightning's default Trainer with a DataLoader, che
 files and its MLflow logger; test with the best checkpoint).
 
 Same space (conf/search/default.yaml), same TPE seeds, same trial budget, same data;
-medians over several sampler seeds.
+medians over several sampler seeds. Both train a config on the same mini-batches (the
+DataLoader batches by the platform's seeded order, see ``sweep.data.module.BatchOrder``),
+so a config scores the same in either arm and the arms differ only by what the platform
+does: lean trials, and pruning (which changes what TPE sees next). Without this, a
+config's best val varies by a few of the 800 validation samples with the batch order,
+and one arm's luck decides the comparison.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from typing import Any
 
 from sweep.benchmarks.common import workdir
 
-TARGET_VAL_ACC = 0.80
+TARGET_VAL_ACC = 0.97  # most CNN configs reach it; MLPs never do
 
 
 def _time_to_target(study, started: float, target: float) -> float | None:
@@ -35,7 +40,7 @@ def _best_test(study) -> float:
 
 
 def ours(n_trials: int, seed: int, n_workers: int = 1) -> dict[str, Any]:
-    """The default study (TPE + Hyperband, lean trials) on ``n_workers`` local workers."""
+    """The default study (TPE + median pruning, lean trials) on ``n_workers`` local workers."""
     from sweep.check import load_study
     from sweep.study import tune
 
@@ -182,7 +187,7 @@ def baseline(n_trials: int, seed: int) -> dict[str, Any]:
         }
 
 
-def run(n_trials: int = 20, seeds: tuple[int, ...] = (0, 1, 2)) -> dict[str, Any]:
+def run(n_trials: int = 20, seeds: tuple[int, ...] = (0, 1, 2, 3, 4)) -> dict[str, Any]:
     """Each arm once per sampler seed; medians over the seeds, and every seed's numbers.
 
     One seed decides little: TPE's first trials differ per seed, and one lucky
@@ -204,6 +209,11 @@ def run(n_trials: int = 20, seeds: tuple[int, ...] = (0, 1, 2)) -> dict[str, Any
         out[arm]["per_seed"] = results
     out["speedup"] = out["baseline"]["wall_s"] / out["ours"]["wall_s"]
     out["speedup_2_workers"] = out["baseline"]["wall_s"] / out["ours_2_workers"]["wall_s"]
+    # Paired by seed: where ours found an equal or better best val than the baseline.
+    for arm in ("ours", "ours_2_workers"):
+        out[arm]["seeds_at_least_baseline"] = sum(
+            o["best_val"] >= b["best_val"] for o, b in zip(arms[arm], arms["baseline"], strict=True)
+        )
     return out
 
 

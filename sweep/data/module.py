@@ -3,7 +3,8 @@
 Small data sets live as tensors (moved to the accelerator once) and are batched by
 index with a seeded permutation per epoch: a DataLoader over a TensorDataset fetches and
 collates sample by sample, which costs more than the training step of a small model.
-``loader: dataloader`` keeps the classic path for data that needs it.
+``loader: dataloader`` keeps the classic path for data that needs it, over the same
+mini-batches (see :class:`BatchOrder`).
 """
 
 from __future__ import annotations
@@ -27,32 +28,62 @@ def batch_bounds(n: int, batch_size: int, merge_single_tail: bool) -> list[tuple
     return bounds
 
 
-class IndexBatches:
-    """Iterable of (x, y) batches sliced from tensors; reshuffled every pass when asked.
+class BatchOrder:
+    """Which rows each mini-batch of one pass over a split holds: a seeded permutation,
+    drawn anew every pass, when shuffling; the rows in order otherwise.
 
-    Shuffled (training) passes never end with a batch of one row (see :func:`batch_bounds`).
+    Both loaders batch by it, so ``loader: memory`` and ``loader: dataloader`` train on
+    the same mini-batches (the same seed gives the same metrics with either). Shuffled
+    passes never end with a batch of one row (see :func:`batch_bounds`).
     """
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool, seed: int):
-        self.x, self.y = x, y
-        self.batch_size = batch_size
+    def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int):
+        self.n = n
+        self.bounds = batch_bounds(n, batch_size, merge_single_tail=shuffle)
         self.shuffle = shuffle
         self.generator = torch.Generator().manual_seed(seed)
 
     def __len__(self) -> int:
-        return len(batch_bounds(len(self.x), self.batch_size, self.shuffle))
+        return len(self.bounds)
+
+    def __iter__(self) -> Iterator[torch.Tensor | slice]:
+        """Index tensors (shuffled) or slices (in order: views, no copy)."""
+        if not self.shuffle:
+            yield from (slice(start, end) for start, end in self.bounds)
+            return
+        order = torch.randperm(self.n, generator=self.generator)
+        yield from (order[start:end] for start, end in self.bounds)
+
+
+class BatchOrderSampler(torch.utils.data.Sampler):
+    """A DataLoader ``batch_sampler`` over a :class:`BatchOrder`."""
+
+    def __init__(self, order: BatchOrder):
+        self.order = order
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for rows in self.order:
+            yield list(range(rows.start, rows.stop)) if isinstance(rows, slice) else rows.tolist()
+
+
+class IndexBatches:
+    """Iterable of (x, y) batches sliced from tensors, in a :class:`BatchOrder`."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool, seed: int):
+        self.x, self.y = x, y
+        self.order = BatchOrder(len(x), batch_size, shuffle, seed)
+
+    def __len__(self) -> int:
+        return len(self.order)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        n = len(self.x)
-        bounds = batch_bounds(n, self.batch_size, merge_single_tail=self.shuffle)
-        if self.shuffle:
-            order = torch.randperm(n, generator=self.generator).to(self.x.device)
-            for start, end in bounds:
-                idx = order[start:end]
-                yield self.x[idx], self.y[idx]
-        else:
-            for start, end in bounds:
-                yield self.x[start:end], self.y[start:end]
+        for rows in self.order:
+            if isinstance(rows, torch.Tensor):
+                rows = rows.to(self.x.device)
+            yield self.x[rows], self.y[rows]
 
 
 class OneEpoch:
@@ -101,16 +132,13 @@ class ArrayDataModule(L.LightningDataModule):
         if self.loader == "dataloader":
             from torch.utils.data import DataLoader, TensorDataset
 
-            g = torch.Generator().manual_seed(self.seed)
-            # A last training batch of one row would break BatchNorm: skip it (a different
-            # row each shuffled epoch).
-            single_tail = shuffle and len(x) > batch_size and len(x) % batch_size == 1
+            order = BatchOrder(len(x), batch_size, shuffle, self.seed)
+            # Its own generator: each pass would otherwise draw a worker base seed from
+            # the global RNG, shifting every dropout mask after it.
             return DataLoader(
                 TensorDataset(x, y),
-                batch_size=batch_size,
-                shuffle=shuffle,
-                generator=g,
-                drop_last=single_tail,
+                batch_sampler=BatchOrderSampler(order),
+                generator=torch.Generator().manual_seed(self.seed),
             )
         if split not in self._batches:  # keep the generator's state across epochs
             self._batches[split] = IndexBatches(x, y, batch_size, shuffle, self.seed)
