@@ -58,6 +58,11 @@ def render(results: dict) -> str:
     def t(v):
         return "not reached" if v is None else f"{v:.0f} s"
 
+    def per_seed(template: str) -> str:
+        """One entry per sampler seed: template-style b, ours o, ours on 2 workers p."""
+        arms = (a.get("per_seed", [a]) for a in (sb, so, sp))
+        return "; ".join(template.format(b=b, o=o, p=p) for b, o, p in zip(*arms, strict=True))
+
     rows = [
         (
             "Per-trial overhead (mnist1d MLP, 30 epochs): platform trial / hand-written loop",
@@ -90,28 +95,12 @@ def render(results: dict) -> str:
         (
             "Best val acc per sampler seed "
             f"({', '.join(str(x) for x in s.get('seeds', [0]))}): template-style / ours (1; 2)",
-            "; ".join(
-                f"{b['best_val']:.4f} / {o['best_val']:.4f} ({p['best_val']:.4f})"
-                for b, o, p in zip(
-                    sb.get("per_seed", [sb]),
-                    so.get("per_seed", [so]),
-                    sp.get("per_seed", [sp]),
-                    strict=True,
-                )
-            ),
+            per_seed("{b[best_val]:.4f} / {o[best_val]:.4f} ({p[best_val]:.4f})"),
             "",
         ),
         (
             "Wall time per sampler seed: template-style / ours (1; 2)",
-            "; ".join(
-                f"{b['wall_s']:.0f} / {o['wall_s']:.0f} ({p['wall_s']:.0f}) s"
-                for b, o, p in zip(
-                    sb.get("per_seed", [sb]),
-                    so.get("per_seed", [so]),
-                    sp.get("per_seed", [sp]),
-                    strict=True,
-                )
-            ),
+            per_seed("{b[wall_s]:.0f} / {o[wall_s]:.0f} ({p[wall_s]:.0f}) s"),
             "",
         ),
         (
