@@ -1,5 +1,6 @@
 """Optuna's own samplers, pruners and storages, built from the config groups
-``sampler/``, ``pruner/`` and ``storage/``. Nothing home-made: names map to classes."""
+``sampler/``, ``pruner/`` and ``storage/``: names map to Optuna's classes, except two
+pruners made for the trials' best-so-far reports (``sweep.pruners``)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,15 @@ from sweep.errors import ConfigError
 from sweep.space import Param
 
 SAMPLERS = ("tpe", "random", "grid", "cmaes", "gp", "qmc", "nsga2")
-PRUNERS = ("median", "hyperband", "successive_halving", "percentile", "patient", "none")
+PRUNERS = (
+    "percentile_all",
+    "median",
+    "hyperband",
+    "successive_halving",
+    "percentile",
+    "patient",
+    "none",
+)
 
 
 def _options(cfg: Any, group: str, known: dict[str, type | tuple]) -> dict[str, Any]:
@@ -141,8 +150,10 @@ def _build_pruner(cfg: Any, max_epochs: int):
         _options(cfg, "pruner", {})
         return p.NopPruner()
     warm = {"n_startup_trials": int, "n_warmup_steps": int}
-    if name in ("median", "percentile", "patient"):
-        known = {**warm, "percentile": (int, float)} if name == "percentile" else dict(warm)
+    if name in ("percentile_all", "median", "percentile", "patient"):
+        known = dict(warm)
+        if name in ("percentile", "percentile_all"):
+            known["percentile"] = (int, float)
         if name == "patient":
             known["patience"] = int
         o = _options(cfg, "pruner", known)
@@ -151,8 +162,12 @@ def _build_pruner(cfg: Any, max_epochs: int):
             return p.MedianPruner(**o)
         if name == "percentile":
             return p.PercentilePruner(**o)
+        from sweep.pruners import AllTrialsPercentilePruner, PlateauPruner
+
+        if name == "percentile_all":
+            return AllTrialsPercentilePruner(**o)
         patience = o.pop("patience", 0)
-        return p.PatientPruner(p.MedianPruner(**o), patience=patience)
+        return PlateauPruner(p.MedianPruner(**o), patience=patience)
     if name == "successive_halving":
         o = _options(cfg, "pruner", {"min_resource": (int, str), "reduction_factor": int})
         _at_least("pruner", o, 1, "min_resource")

@@ -9,6 +9,8 @@ ahead nor keeps one that never was. When the trial should be pruned it sets
 down its failure path); the caller raises
 ``optuna.TrialPruned`` after the run is recorded. No ``min_epochs`` is set, so the stop
 takes effect at the end of the current epoch.
+
+:mod:`sweep.pruners` holds two pruners built for these reports.
 """
 
 from __future__ import annotations

@@ -87,6 +87,10 @@ def test_a_grid_needs_discrete_parameters_and_caps_n_trials(mlflow_store, tmp_pa
         (["sampler=nsga2", "sampler.population_size=1"], "sampler=nsga2: `population_size`"),
         (["+sampler.foo=1"], "sampler.foo: unknown option for sampler 'tpe'"),
         (["pruner=percentile", "pruner.percentile=150"], "pruner=percentile: Percentile must"),
+        (
+            ["pruner=percentile_all", "pruner.percentile=0"],
+            "pruner=percentile_all: percentile must be in (0, 100], got 0",
+        ),
         (["pruner=median", "pruner.n_warmup_steps=-1"], "pruner.n_warmup_steps=-1: must be >= 0"),
         (["pruner=patient", "pruner.patience=-1"], "pruner.patience=-1: must be >= 0"),
         (["pruner=hyperband", "pruner.reduction_factor=1"], "pruner.reduction_factor=1"),
@@ -120,7 +124,16 @@ def test_every_shipped_sampler_config_passes(mlflow_store, tmp_path, sampler):
 
 
 @pytest.mark.parametrize(
-    "pruner", ["median", "hyperband", "successive_halving", "percentile", "patient", "none"]
+    "pruner",
+    [
+        "percentile_all",
+        "median",
+        "hyperband",
+        "successive_halving",
+        "percentile",
+        "patient",
+        "none",
+    ],
 )
 def test_every_shipped_pruner_config_passes(mlflow_store, pruner):
     assert _prepare([f"pruner={pruner}"]).cfg.pruner.name == pruner
