@@ -28,6 +28,11 @@ VAL_METRICS = {
 }
 
 
+def default_monitor(task: str) -> tuple[str, str]:
+    """The validation metric to monitor for a task, and its direction."""
+    return ("val/acc", "max") if task == "classification" else ("val/loss", "min")
+
+
 # -- composition ------------------------------------------------------------------------
 def _ensure_hydra() -> None:
     from hydra import initialize_config_dir

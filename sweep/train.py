@@ -67,9 +67,8 @@ def load_data(cfg: DictConfig):
 
 
 def monitor_of(cfg: DictConfig, task: str) -> tuple[str, str]:
-    from sweep.models.task import default_monitor
-
-    monitor, mode = default_monitor(task)
+    # Not from sweep.models.task: a study's coordinator would import Lightning for it.
+    monitor, mode = config_mod.default_monitor(task)
     if cfg.trainer.monitor != "auto":
         monitor = cfg.trainer.monitor
         mode = "min" if monitor in ("val/loss", "val/mae") else "max"

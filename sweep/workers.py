@@ -211,8 +211,10 @@ def run_local_workers(study, spec, progress: Any | None = None) -> list[int]:
         for i in range(spec.n_workers)
     ]
     try:
-        while any(p.poll() is None for p in procs):
-            time.sleep(POLL_SECONDS)
+        while running := [p for p in procs if p.poll() is None]:
+            # Wakes as soon as a worker exits (the last one ends the study), else polls.
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                running[0].wait(timeout=POLL_SECONDS)
             recover(study)
             if progress is not None:
                 progress.refresh(study)

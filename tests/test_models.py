@@ -8,13 +8,13 @@ from conftest import ROOT
 from omegaconf import OmegaConf
 from torch.nn import functional as F
 
+from sweep.config import default_monitor
 from sweep.models.networks import CNN, MLP, build_network, count_parameters
 from sweep.models.task import (
     Task,
     build_optimizer,
     build_scheduler,
     classification_metrics,
-    default_monitor,
     regression_metrics,
 )
 

@@ -21,11 +21,6 @@ CLASSIFICATION_METRICS = ("val/loss", "val/acc", "val/f1")
 REGRESSION_METRICS = ("val/loss", "val/mae", "val/r2")
 
 
-def default_monitor(task: str) -> tuple[str, str]:
-    """The validation metric to monitor for a task, and its direction."""
-    return ("val/acc", "max") if task == "classification" else ("val/loss", "min")
-
-
 def classification_metrics(logits: torch.Tensor, y: torch.Tensor, num_classes: int) -> dict:
     pred = logits.argmax(dim=1)
     acc = (pred == y).float().mean()
