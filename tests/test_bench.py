@@ -73,3 +73,26 @@ def test_render_reports_medians_ratios_and_every_seed() -> None:
 )
 def test_search_median_counts_a_target_never_reached_as_slowest(values, expected) -> None:
     assert _median(values) == expected
+
+
+def test_worker_throughput_sums_each_workers_own_rate() -> None:
+    """Worker b starts 10 s late (imports): the study's span would halve its rate."""
+    from datetime import datetime, timedelta
+    from types import SimpleNamespace
+
+    from sweep.benchmarks.workers import _steady_trials_per_min
+
+    t0 = datetime(2026, 1, 1)
+
+    def trial(worker: str, start: float, seconds: float):
+        begin = t0 + timedelta(seconds=start)
+        return SimpleNamespace(
+            user_attrs={"worker": worker},
+            datetime_start=begin,
+            datetime_complete=begin + timedelta(seconds=seconds),
+        )
+
+    a = [trial("host:1", 2 * i, 2) for i in range(10)]  # 10 trials in 20 s: 30 per minute
+    b = [trial("host:2", 10 + 2 * i, 2) for i in range(5)]  # 5 in 10 s: 30 per minute
+    assert _steady_trials_per_min(a) == pytest.approx(30)
+    assert _steady_trials_per_min(a + b) == pytest.approx(60)

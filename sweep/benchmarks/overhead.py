@@ -23,7 +23,6 @@ OVERRIDES = [
     "optimizer=adam",
     f"trainer.max_epochs={EPOCHS}",
     "trainer.early_stopping.enabled=false",
-    "pruner=median",
     "champion.k=0",
 ]
 

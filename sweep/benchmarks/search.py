@@ -40,7 +40,7 @@ def _best_test(study) -> float:
 
 
 def ours(n_trials: int, seed: int, n_workers: int = 1) -> dict[str, Any]:
-    """The default study (TPE + median pruning, lean trials) on ``n_workers`` local workers."""
+    """The default study (TPE + the default pruner, lean trials) on ``n_workers`` local workers."""
     from sweep.check import load_study
     from sweep.study import tune
 
