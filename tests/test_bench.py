@@ -1,4 +1,5 @@
-"""The benchmark report: the table make bench writes, from a results dict of each phase's shape.
+"""The benchmark report (the table make bench writes, from a results dict of each phase's
+shape) and the arithmetic of the phases: worker throughput, the pruner replay.
 
 The phases themselves are benchmarks (minutes, `make bench`), not tests; the compare phase's
 fill is exercised in test_compare.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import pytest
 
 from sweep.benchmarks.__main__ import render
+from sweep.benchmarks.pruners import PRUNERS
 from sweep.benchmarks.search import _median
 
 
@@ -96,3 +98,35 @@ def test_worker_throughput_sums_each_workers_own_rate() -> None:
     b = [trial("host:2", 10 + 2 * i, 2) for i in range(5)]  # 5 in 10 s: 30 per minute
     assert _steady_trials_per_min(a) == pytest.approx(30)
     assert _steady_trials_per_min(a + b) == pytest.approx(60)
+
+
+def test_render_adds_the_replayed_pruners_when_measured() -> None:
+    seeds = [0, 1, 2]
+    pruners = {
+        name: {"time_fraction": 0.5 + i / 10, "kept_best": 3 - i % 2, "per_seed": []}
+        for i, name in enumerate(PRUNERS)
+    }
+    table = render({**RESULTS, "pruners": {"n_trials": 20, "seeds": seeds, **pruners}})
+    assert "percentile_all (default) 0.50, 3 of 3; median 0.60, 2 of 3" in table
+    assert all(line.count("|") == 4 for line in table.splitlines())
+
+
+def _curve_trials() -> list[dict]:
+    """Two searches' worth of recorded trials: reports per epoch, value, seconds."""
+    return [
+        {"reports": [0.6, 0.8, 0.9], "value": 0.9, "seconds": 3.0},
+        {"reports": [0.2, 0.3, 0.95], "value": 0.95, "seconds": 3.0},  # a slow starter
+        {"reports": [0.7, 0.8, 0.85], "value": 0.85, "seconds": 6.0},
+    ]
+
+
+def test_replay_counts_the_time_up_to_each_pruned_epoch_and_the_best_kept() -> None:
+    import optuna
+
+    from sweep.benchmarks.pruners import replay
+
+    none = replay(_curve_trials(), optuna.pruners.NopPruner())
+    assert none == {"seconds": 12.0, "best": 0.95}
+    # Prunes any report below 0.5 at once: the slow starter stops after 1 of its 3 epochs.
+    threshold = replay(_curve_trials(), optuna.pruners.ThresholdPruner(lower=0.5))
+    assert threshold == {"seconds": 3.0 + 1.0 + 6.0, "best": 0.9}

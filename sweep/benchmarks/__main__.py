@@ -124,6 +124,25 @@ def render(results: dict) -> str:
         ),
         ("`sweep --help` wall time", f"**{results['help_s']:.2f} s**", "<= 1 s"),
     ]
+    pr = results.get("pruners")
+    if pr:
+        from sweep.benchmarks.pruners import PRUNERS
+
+        n = len(pr["seeds"])
+        rows.insert(
+            -3,
+            (
+                f"Pruners replayed on the curves of unpruned default studies ({n} sampler "
+                f"seeds, {pr['n_trials']} trials): median share of the time taken, seeds "
+                "where the best trial was kept",
+                "; ".join(
+                    f"{name}{' (default)' if i == 0 else ''} {pr[name]['time_fraction']:.2f}, "
+                    f"{pr[name]['kept_best']} of {n}"
+                    for i, name in enumerate(PRUNERS)
+                ),
+                "keep the best",
+            ),
+        )
     st = results.get("storage")
     if st:
         for key, label in (("journal", "Optuna journal file"), ("sqlite", "Optuna SQLite RDB")):
@@ -161,10 +180,10 @@ def main() -> int:
     parser.add_argument(
         "--only",
         help="comma-separated phases to run again (help_s, overhead, workers, search, "
-        "compare, storage); the others keep their results from bench/results.json",
+        "pruners, compare, storage); the others keep their results from bench/results.json",
     )
     args = parser.parse_args()
-    from sweep.benchmarks import overhead, search, storage, workers
+    from sweep.benchmarks import overhead, pruners, search, storage, workers
 
     reps, n_search, n_workers, n_runs = (3, 8, 8, 2000) if args.quick else (9, 20, 24, 10000)
     phases = {
@@ -172,6 +191,7 @@ def main() -> int:
         "overhead": lambda: overhead.run(reps),
         "workers": lambda: workers.run(n_workers),
         "search": lambda: search.run(n_search, seeds=(0,) if args.quick else (0, 1, 2, 3, 4)),
+        "pruners": lambda: pruners.run(n_search, seeds=(0,) if args.quick else (0, 1, 2, 3, 4)),
         "compare": lambda: compare_runs_seconds(n_runs),
         "storage": lambda: storage.run(4, 25 if args.quick else 100),
     }
