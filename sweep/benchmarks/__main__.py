@@ -220,9 +220,11 @@ def main() -> int:
     saved.parent.mkdir(exist_ok=True)
     saved.write_text(json.dumps(results, indent=2, default=str) + "\n")
     table = render(results)
-    when = max(ran.values())
+    when = latest = max(ran.values())
     if len(set(ran.values())) > 1:  # phases run at different times: say when each ran
-        when += " (" + ", ".join(f"{k}: {v[11:]}" for k, v in ran.items()) + ")"
+        # The time of day alone for a phase run on the latest phase's day.
+        each = (f"{k}: {v[11:] if v[:10] == latest[:10] else v}" for k, v in ran.items())
+        when += " (" + ", ".join(each) + ")"
     command = "make bench" + (" ARGS=--quick" if args.quick else "")
     text = (
         f"# Benchmarks\n\n{when}, `{command}`, on {machine()}.\n"
