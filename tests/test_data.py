@@ -333,3 +333,31 @@ def test_mnist1d_is_generated_once_per_machine(tmp_path, monkeypatch):
     for key in generated:
         np.testing.assert_array_equal(loaded[key], generated[key])
     sources._mnist1d_arrays.cache_clear()
+
+
+def test_a_later_process_reads_the_mnist1d_split_without_importing_scikit_learn(tmp_path):
+    """The stratified validation split is cached beside the arrays: importing scikit-learn
+    for it cost ~1.4 s of every worker's start. The cached split is the same split."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, hashlib\n"
+        "from omegaconf import OmegaConf\n"
+        "from sweep.data.sources import load_mnist1d\n"
+        "cfg = OmegaConf.create(dict(num_samples=500, test_fraction=0.2, val_fraction=0.2))\n"
+        "ds = load_mnist1d(cfg, 3)\n"
+        "digest = hashlib.md5(ds.x_train.tobytes() + ds.y_val.tobytes()).hexdigest()\n"
+        "print('sklearn' in sys.modules, digest)\n"
+    )
+
+    def run() -> list[str]:
+        proc = subprocess.run(
+            [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True
+        )
+        return proc.stdout.split()
+
+    first, second = run(), run()
+    assert first[0] == "True" and second[0] == "False"
+    assert first[1] == second[1]
+    assert len(list((tmp_path / ".sweep" / "cache").glob("mnist1d-*-val-0.2-seed-3-*.npz"))) == 1

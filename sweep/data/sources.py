@@ -31,22 +31,30 @@ def _mnist1d_arrays(num_samples: int, test_fraction: float) -> dict[str, np.ndar
     paid once per machine instead of once per worker process or ``sweep train``."""
     from importlib.metadata import version
 
-    name = f"mnist1d-{version('mnist1d')}-{num_samples}-{test_fraction!r}.npz"
-    path = MNIST1D_CACHE / name
+    path = MNIST1D_CACHE / f"mnist1d-{version('mnist1d')}-{num_samples}-{test_fraction!r}.npz"
+    arrays = _load_cached(path, ("x", "y", "x_test", "y_test"))
+    if arrays is None:
+        arrays = _generate_mnist1d(num_samples, test_fraction)
+        _save_cached(path, arrays)
+    return arrays
+
+
+def _load_cached(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray] | None:
     try:
         with np.load(path) as cached:
-            return {k: cached[k] for k in ("x", "y", "x_test", "y_test")}
+            return {k: cached[k] for k in keys}
     except (OSError, KeyError, ValueError):
-        pass  # absent or unreadable: generate it
-    arrays = _generate_mnist1d(num_samples, test_fraction)
+        return None  # absent or unreadable: computed again
+
+
+def _save_cached(path: Path, arrays: dict[str, np.ndarray]) -> None:
     try:
         MNIST1D_CACHE.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(f".{os.getpid()}.tmp.npz")
         np.savez(partial, **arrays)
         partial.replace(path)  # atomic: a concurrent reader sees all of it or nothing
     except OSError:
-        pass  # a read-only working directory: generate again next time
-    return arrays
+        pass  # a read-only working directory: computed again next time
 
 
 def _generate_mnist1d(num_samples: int, test_fraction: float) -> dict[str, np.ndarray]:
@@ -73,22 +81,40 @@ def load_mnist1d(cfg: Any, seed: int) -> Dataset:
     y = np.concatenate([arrays["y"], arrays["y_test"]]).astype(np.int64)
     n_train = len(arrays["x"])
     # The generator's test split is fixed; validation is a stratified part of its train split.
-    train_part = np.arange(n_train)
+    train_idx, val_idx = _mnist1d_val_split(cfg, y[:n_train], seed)
+    test_idx = np.arange(n_train, len(x))
+    check_split_sizes(train_idx, val_idx, test_idx, "data=mnist1d")
+    return build_array_dataset("mnist1d", CLASSIFICATION, x, y, train_idx, val_idx, test_idx)
+
+
+def _mnist1d_val_split(cfg: Any, y_train: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's stratified split of the generator's train part into train and
+    validation, cached on disk beside the arrays: importing scikit-learn costs ~1.4 s of
+    every process start (each study worker), and only this split needs it here."""
+    from importlib.metadata import version
+
+    val_fraction = float(cfg.val_fraction)
+    path = MNIST1D_CACHE / (
+        f"mnist1d-{version('mnist1d')}-{int(cfg.num_samples)}-{float(cfg.test_fraction)!r}"
+        f"-val-{val_fraction!r}-seed-{seed}-sklearn-{version('scikit-learn')}.npz"
+    )
+    cached = _load_cached(path, ("train_idx", "val_idx"))
+    if cached is not None:
+        return cached["train_idx"], cached["val_idx"]
     from sklearn.model_selection import train_test_split
 
     try:
         train_idx, val_idx = train_test_split(
-            train_part, test_size=float(cfg.val_fraction), random_state=seed, stratify=y[train_part]
+            np.arange(len(y_train)), test_size=val_fraction, random_state=seed, stratify=y_train
         )
     except ValueError as e:  # a validation split smaller than the number of classes
         raise DataError(
-            f"data=mnist1d: cannot carve data.val_fraction={float(cfg.val_fraction):g} out of "
-            f"{n_train} training samples: {str(e).strip().splitlines()[0]}"
+            f"data=mnist1d: cannot carve data.val_fraction={val_fraction:g} out of "
+            f"{len(y_train)} training samples: {str(e).strip().splitlines()[0]}"
         ) from None
-    test_idx = np.arange(n_train, len(x))
-    train_idx, val_idx = np.sort(train_idx), np.sort(val_idx)
-    check_split_sizes(train_idx, val_idx, test_idx, "data=mnist1d")
-    return build_array_dataset("mnist1d", CLASSIFICATION, x, y, train_idx, val_idx, test_idx)
+    split = {"train_idx": np.sort(train_idx), "val_idx": np.sort(val_idx)}
+    _save_cached(path, split)
+    return split["train_idx"], split["val_idx"]
 
 
 def load_digits(cfg: Any, seed: int) -> Dataset:
