@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from sweep.errors import ConfigError, SearchSpaceError
+from sweep.optuna_parts import PRUNERS
 
 QUICK = ["data=synthetic", "search=tiny", "trainer.max_epochs=2", "champion.k=0"]
 
@@ -123,19 +124,8 @@ def test_every_shipped_sampler_config_passes(mlflow_store, tmp_path, sampler):
     assert _prepare([*discrete, f"sampler={sampler}"]).cfg.sampler.name == sampler
 
 
-@pytest.mark.parametrize(
-    "pruner",
-    [
-        "percentile_all",
-        "median",
-        "hyperband",
-        "successive_halving",
-        "percentile",
-        "patient",
-        "none",
-    ],
-)
-def test_every_shipped_pruner_config_passes(mlflow_store, pruner):
+@pytest.mark.parametrize("pruner", PRUNERS)
+def test_every_pruner_has_a_shipped_config_that_passes(mlflow_store, pruner):
     assert _prepare([f"pruner={pruner}"]).cfg.pruner.name == pruner
 
 
