@@ -23,12 +23,13 @@ QUICK = [
     "tracking.log_model=false",
     "study.seed=3",
 ]
-# Trials long enough (~2-4 s) to be caught RUNNING.
+# Trials long enough (~1.5-2 s each on 2 cores; 4000 samples x 12 epochs took 0.4 s,
+# short enough for a whole study to end between two polls) to be caught RUNNING.
 SLOW = [
     "data=synthetic",
-    "data.num_samples=4000",
+    "data.num_samples=12000",
     "search=tiny",
-    "trainer.max_epochs=12",
+    "trainer.max_epochs=15",
     "trainer.early_stopping.enabled=false",
     "pruner=none",
     "champion.k=0",
@@ -61,12 +62,20 @@ def _start(args: list[str], cwd: Path, uri: str) -> subprocess.Popen:
 
 
 def _wait_for_running_trial(
-    name: str, extra: list[str], owner_not: int | None = None, timeout: float = 120.0
+    name: str,
+    extra: list[str],
+    proc: subprocess.Popen,
+    owner_not: int | None = None,
+    timeout: float = 120.0,
 ):
-    """A RUNNING trial (optionally owned by another pid than ``owner_not``) and its pid."""
+    """A RUNNING trial of the study that ``proc`` runs (optionally owned by another pid
+    than ``owner_not``) and its pid."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        time.sleep(0.5)
+        if proc.poll() is not None:  # it ended before one was seen: say why
+            _out, err = proc.communicate()
+            raise AssertionError(f"{proc.args} exited {proc.returncode}:\n{err[-3000:]}")
+        time.sleep(0.2)
         try:
             study = _load(name, extra)
         except Exception:
@@ -157,7 +166,7 @@ def test_a_worker_killed_mid_trial_is_failed_retried_and_its_run_closed(tracked,
     args = ["tune", *SLOW, f"study.name={name}", "study.n_trials=4", "study.n_workers=2"]
     coordinator = _start(args, tmp_path, tracked)
     try:
-        trial, pid = _wait_for_running_trial(name, [], owner_not=coordinator.pid)
+        trial, pid = _wait_for_running_trial(name, [], coordinator, owner_not=coordinator.pid)
         os.kill(pid, signal.SIGKILL)
         _out, err = coordinator.communicate(timeout=400)
     finally:
@@ -192,7 +201,7 @@ def test_sigterm_stops_cleanly_and_the_same_command_resumes(tracked, tmp_path):
     args = ["tune", *SLOW, f"study.name={name}", "study.n_trials=3"]
     proc = _start(args, tmp_path, tracked)
     try:
-        _wait_for_running_trial(name, [])
+        _wait_for_running_trial(name, [], proc)
         proc.send_signal(signal.SIGTERM)
         _out, err = proc.communicate(timeout=60)
     finally:
@@ -272,7 +281,7 @@ def test_multi_machine_recipe_tracking_server_postgres_and_a_joining_worker(tmp_
     try:
         _wait_http(f"{uri}/health")
         coordinator = _start(["tune", *overrides], tmp_path, uri)
-        _wait_for_running_trial("multi", overrides[6:9])
+        _wait_for_running_trial("multi", overrides[6:9], coordinator)
         # The joining machine runs `sweep worker study.n_workers=2`: two worker processes.
         worker = _start(["worker", *overrides, "study.n_workers=2"], tmp_path, uri)
         _out, err = coordinator.communicate(timeout=400)
