@@ -28,6 +28,9 @@ from typing import Any
 POLL_SECONDS = 2.0
 STOP_GRACE_SECONDS = 60.0
 WORKER_INDEX_ENV = "SWEEP_WORKER_INDEX"  # set in the worker processes a supervisor starts
+# Set in workers `sweep tune` starts before its study exists: they import and prepare, then
+# wait for one line on stdin ("go": join the study; end of input: exit, nothing done).
+WAIT_ENV = "SWEEP_WORKER_WAIT"
 
 
 def pid_alive(pid: int) -> bool:
@@ -144,10 +147,22 @@ def retry_interrupted(study) -> None:
 def worker_command(args: list[str]) -> int:
     """``sweep worker [overrides]``: join an existing study and run trials until done."""
     from sweep import tracking
-    from sweep.study import PARENT_RUN_ATTR, StudyAborted, open_study, optimize, prepare
+    from sweep.study import (
+        PARENT_RUN_ATTR,
+        StudyAborted,
+        open_study,
+        optimize,
+        prepare,
+        warm_up,
+    )
 
-    spec = prepare(args)
+    # Started by `sweep tune`, which has checked the search space against these overrides.
+    spec = prepare(args, check_space=WORKER_INDEX_ENV not in os.environ)
     tracking.setup(spec.cfg.tracking.uri)
+    if os.environ.get(WAIT_ENV):
+        warm_up(spec)  # while `sweep tune` creates the study and its parent run
+        if sys.stdin.readline().strip() != "go":
+            return 0  # it stopped before the study was ready
     study = open_study(spec, create=False)
     parent_run_id = study.user_attrs.get(PARENT_RUN_ATTR)
     if not parent_run_id:
@@ -198,18 +213,53 @@ def worker_env(index: int, n_workers: int, gpus: list[str]) -> dict[str, str]:
     return env
 
 
-def run_local_workers(study, spec, progress: Any | None = None) -> list[int]:
-    """Start ``spec.n_workers`` worker processes and supervise them until they exit.
+def start_local_workers(spec, wait: bool = False) -> list[subprocess.Popen]:
+    """Start ``spec.n_workers`` ``sweep worker`` processes.
+
+    With ``wait`` they may start before the study exists: each imports torch, Lightning
+    and MLflow and loads the data (seconds), then waits until :func:`release_workers`.
+    """
+    gpus = gpu_ids()
+    command = [sys.executable, "-m", "sweep", "worker", *spec.overrides]
+    procs = []
+    for i in range(spec.n_workers):
+        env = worker_env(i, spec.n_workers, gpus)
+        if wait:
+            env[WAIT_ENV] = "1"
+        stdin = subprocess.PIPE if wait else None
+        procs.append(subprocess.Popen(command, env=env, stdin=stdin))
+    return procs
+
+
+def release_workers(procs: list[subprocess.Popen], go: bool) -> None:
+    """Let waiting workers join the study (``go``), or stop them: they have touched
+    neither the study nor MLflow yet, so killing them leaves nothing behind."""
+    for p in procs:
+        if p.stdin is None:
+            continue
+        with contextlib.suppress(OSError):  # it exited already (broken pipe)
+            if go:
+                p.stdin.write(b"go\n")
+            p.stdin.close()
+        if not go:
+            with contextlib.suppress(ProcessLookupError):
+                p.kill()
+            p.wait()
+
+
+def run_local_workers(
+    study, spec, progress: Any | None = None, procs: list[subprocess.Popen] | None = None
+) -> list[int]:
+    """Start ``spec.n_workers`` worker processes (or release those already started, see
+    :func:`start_local_workers`) and supervise them until they exit.
 
     Returns their exit codes. SIGINT/SIGTERM stop them cleanly (each records its
     current trial as FAIL and closes its run).
     """
-    gpus = gpu_ids()
-    command = [sys.executable, "-m", "sweep", "worker", *spec.overrides]
-    procs = [
-        subprocess.Popen(command, env=worker_env(i, spec.n_workers, gpus))
-        for i in range(spec.n_workers)
-    ]
+    if procs:
+        release_workers(procs, go=True)
+    else:
+        procs = start_local_workers(spec)
     try:
         while running := [p for p in procs if p.poll() is None]:
             # Wakes as soon as a worker exits (the last one ends the study), else polls.

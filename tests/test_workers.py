@@ -161,6 +161,40 @@ def test_four_workers_share_a_postgresql_storage(tracked, tmp_path, postgres_url
     assert not (tmp_path / ".sweep" / "optuna.journal").exists()
 
 
+def _worker_pids(marker: str) -> list[int]:
+    """Live ``sweep worker`` processes whose command line holds ``marker``."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            args = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"worker" in args and marker.encode() in args:
+            pids.append(int(proc.name))
+    return pids
+
+
+def test_workers_started_early_are_stopped_when_the_tracking_store_fails(tracked, tmp_path):
+    """Workers start while `sweep tune` opens MLflow and the study; when that fails they
+    are stopped at once: one-line error, no study, no worker left behind."""
+    name = "early_fail"
+    bad = "sqlite:////etc/passwd/mlflow.db"  # its folder would be a file
+    proc = _start(
+        ["tune", *QUICK, f"study.name={name}", "study.n_workers=2", f"tracking.uri={bad}"],
+        tmp_path,
+        tracked,
+    )
+    _out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2, err[-3000:]
+    assert err.strip().splitlines() == [
+        f"error: tracking.uri={bad}: cannot open the MLflow tracking store: "
+        "FileExistsError: [Errno 17] File exists: '/etc/passwd'"
+    ]
+    assert _worker_pids(f"study.name={name}") == []
+    with pytest.raises(Exception, match=name):
+        _load(name)
+
+
 def test_a_worker_killed_mid_trial_is_failed_retried_and_its_run_closed(tracked, tmp_path):
     name = "killed"
     args = ["tune", *SLOW, f"study.name={name}", "study.n_trials=4", "study.n_workers=2"]

@@ -87,8 +87,8 @@ class _LoggedTask:
             def training_step(self, batch, batch_idx):
                 x, y = batch
                 loss = self._loss(self(x), y)
-                self._train_loss_sum = self._train_loss_sum + loss.detach() * len(y)
-                self._train_count += len(y)
+                self._train_losses.append(loss.detach())
+                self._train_sizes.append(len(y))
                 self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True)
                 return loss
 
