@@ -555,7 +555,7 @@ def tune(overrides: list[str], progress: bool = True) -> dict[str, Any]:
     # (a worker needs ~5 s before its first trial; this needs 1-3 s).
     waiting = start_local_workers(spec, wait=True) if spec.n_workers > 1 else []
     try:
-        tracking.setup(spec.cfg.tracking.uri)
+        tracking.setup(spec.cfg.tracking.uri, check_store=True)
         study = open_study(spec)
         parent_run_id = ensure_parent_run(study, spec)
         enqueue_base_point(study, spec)

@@ -40,8 +40,10 @@ def resolve_tracking_uri(uri: str | None) -> str:
     return mlflow.get_tracking_uri()
 
 
-def setup(uri: str | None) -> str:
-    """Point MLflow at the store; quiet its schema-migration chatter. Returns the URI."""
+def setup(uri: str | None, check_store: bool = False) -> str:
+    """Point MLflow at the store; quiet its schema-migration chatter. Returns the URI.
+
+    ``check_store`` opens it (creating an sqlite store), for commands about to write."""
     import mlflow
 
     for name in ("alembic", "mlflow.store.db.utils", "mlflow.tracking.fluent"):
@@ -53,7 +55,8 @@ def setup(uri: str | None) -> str:
     os.environ.setdefault("MLFLOW_ENABLE_SGC_RUN_RESUMPTION_FOR_DATABRICKS_JOBS", "false")
     resolved = resolve_tracking_uri(uri)
     mlflow.set_tracking_uri(resolved)
-    _check_store(resolved, "tracking.uri" if uri else "MLFLOW_TRACKING_URI")
+    if check_store:
+        _check_store(resolved, "tracking.uri" if uri else "MLFLOW_TRACKING_URI")
     return resolved
 
 

@@ -114,7 +114,7 @@ def run(
 
     if load_first:
         load_data(cfg)
-    tracking.setup(cfg.tracking.uri)
+    tracking.setup(cfg.tracking.uri, check_store=True)
     run_tags = {"overrides": " ".join(overrides or []), **(tags or {})}
     with tracking.open_run(
         experiment or cfg.tracking.experiment, run_name, parent_run_id, run_tags

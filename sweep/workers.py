@@ -158,7 +158,7 @@ def worker_command(args: list[str]) -> int:
 
     # Started by `sweep tune`, which has checked the search space against these overrides.
     spec = prepare(args, check_space=WORKER_INDEX_ENV not in os.environ)
-    tracking.setup(spec.cfg.tracking.uri)
+    tracking.setup(spec.cfg.tracking.uri, check_store=True)
     if os.environ.get(WAIT_ENV):
         warm_up(spec)  # while `sweep tune` creates the study and its parent run
         if sys.stdin.readline().strip() != "go":

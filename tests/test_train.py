@@ -554,6 +554,14 @@ def test_cli_missing_data_file(cli, tmp_path):
     assert count_runs(tmp_path / "mlflow.db") == 0
 
 
+def test_cli_unopenable_tracking_store_is_one_line(cli):
+    bad = "sqlite:////etc/passwd/mlflow.db"  # its folder would be a file
+    proc = cli("train", *TINY_SYNTHETIC, f"tracking.uri={bad}")
+    assert proc.returncode == 2, proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith(f"error: tracking.uri={bad}: cannot open the MLflow tracking"), line
+
+
 def test_cli_diverging_run_is_one_line_and_ends_failed(tracked, capsys):
     """``sweep.cli.main`` in this process (a subprocess would only add import time)."""
     from sweep import cli
