@@ -156,13 +156,20 @@ def worker_command(args: list[str]) -> int:
         warm_up,
     )
 
+    waiting = bool(os.environ.get(WAIT_ENV))
+    if waiting:
+        # Until it says go, `sweep tune` alone answers Ctrl-C (it stops this process).
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     # Started by `sweep tune`, which has checked the search space against these overrides.
     spec = prepare(args, check_space=WORKER_INDEX_ENV not in os.environ)
-    tracking.setup(spec.cfg.tracking.uri, check_store=True)
-    if os.environ.get(WAIT_ENV):
+    # A waiting worker must not open the store: `sweep tune` may be creating it (the first
+    # creation of an sqlite schema by several processes at once can race).
+    tracking.setup(spec.cfg.tracking.uri, check_store=not waiting)
+    if waiting:
         warm_up(spec)  # while `sweep tune` creates the study and its parent run
         if sys.stdin.readline().strip() != "go":
             return 0  # it stopped before the study was ready
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     study = open_study(spec, create=False)
     parent_run_id = study.user_attrs.get(PARENT_RUN_ATTR)
     if not parent_run_id:

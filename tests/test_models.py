@@ -224,3 +224,41 @@ def test_task_configure_optimizers(scheduler):
     if scheduler == "plateau":
         assert configured["lr_scheduler"]["monitor"] == "val/acc"
         assert configured["lr_scheduler"]["scheduler"].mode == "max"
+
+
+@pytest.mark.parametrize("loader", ["memory", "dataloader"])
+def test_epoch_train_loss_is_the_mean_over_the_rows(loader):
+    """Each batch's loss counts by its rows (the last batch is smaller): with a learning
+    rate of zero the weights never move, so the epoch's train/loss is the loss over the
+    whole training split at once."""
+    import lightning as L
+
+    from sweep.data import load_dataset
+    from sweep.data.module import ArrayDataModule
+
+    ds = load_dataset(OmegaConf.create(conf("data", "synthetic")))
+    assert len(ds.x_train) % 50 != 0
+    net = build_network({**conf("model", "mlp"), "dropout": 0.0}, ds.input_shape, 3)
+    task = Task(
+        net,
+        "classification",
+        3,
+        optimizer={**conf("optimizer", "sgd"), "lr": 0.0},
+        scheduler=conf("scheduler", "none"),
+        max_epochs=1,
+        monitor="val/acc",
+        mode="max",
+    )
+    trainer = L.Trainer(
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(task, datamodule=ArrayDataModule(ds, batch_size=50, seed=0, loader=loader))
+    with torch.no_grad():
+        x, y = torch.from_numpy(ds.x_train), torch.from_numpy(ds.y_train)
+        expected = float(F.cross_entropy(net(x), y))
+    assert task.epoch_metrics["train/loss"] == pytest.approx(expected, rel=1e-5)

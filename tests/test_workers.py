@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import cli_env, start_cli
+from conftest import cli_env, count_runs, start_cli
 
 pytestmark = pytest.mark.e2e
 
@@ -193,6 +193,39 @@ def test_workers_started_early_are_stopped_when_the_tracking_store_fails(tracked
     assert _worker_pids(f"study.name={name}") == []
     with pytest.raises(Exception, match=name):
         _load(name)
+
+
+def test_a_waiting_worker_ignores_ctrl_c_and_exits_untouched_when_told(tracked, tmp_path):
+    """A worker `sweep tune` starts early imports, then waits on stdin: Ctrl-C is the
+    coordinator's to answer then, and end of input (the study never became ready) makes
+    it exit 0 having opened neither the study nor MLflow."""
+    from sweep.workers import WAIT_ENV, WORKER_INDEX_ENV
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sweep", "worker", *QUICK, "study.name=never_ready"],
+        cwd=tmp_path,
+        env={**cli_env(tracked), WORKER_INDEX_ENV: "0", WAIT_ENV: "1"},
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not Path(f"/proc/{proc.pid}/wchan").read_text().endswith("pipe_read"):
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "the worker never waited on its stdin"
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.5)
+        assert proc.poll() is None  # still waiting
+        _out, err = proc.communicate(input=b"", timeout=60)  # end of input, no "go"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err[-3000:]
+    assert b"Traceback" not in err
+    assert count_runs(tmp_path / "mlflow.db") == 0
+    assert not (tmp_path / ".sweep" / "optuna.journal").exists()
 
 
 def test_a_worker_killed_mid_trial_is_failed_retried_and_its_run_closed(tracked, tmp_path):
