@@ -558,13 +558,13 @@ def tune(overrides: list[str], progress: bool = True) -> dict[str, Any]:
         tracking.setup(spec.cfg.tracking.uri, check_store=True)
         study = open_study(spec)
         parent_run_id = ensure_parent_run(study, spec)
-        enqueue_base_point(study, spec)
-        recover(study)  # trials and runs a killed earlier invocation left behind
     except BaseException:
         release_workers(waiting, go=False)
         raise
     status = "FAILED"
     try:
+        enqueue_base_point(study, spec)
+        recover(study)  # trials and runs a killed earlier invocation left behind
         bar = _ProgressBar(spec, study) if progress else None
         with bar or contextlib.nullcontext():
             if spec.n_workers > 1:
@@ -585,6 +585,7 @@ def tune(overrides: list[str], progress: bool = True) -> dict[str, Any]:
     finally:
         from mlflow.tracking import MlflowClient
 
+        release_workers(waiting, go=False)  # those still waiting, if it failed before
         MlflowClient().set_terminated(parent_run_id, status=status)
 
 

@@ -240,9 +240,10 @@ def start_local_workers(spec, wait: bool = False) -> list[subprocess.Popen]:
 
 def release_workers(procs: list[subprocess.Popen], go: bool) -> None:
     """Let waiting workers join the study (``go``), or stop them: they have touched
-    neither the study nor MLflow yet, so killing them leaves nothing behind."""
+    neither the study nor MLflow yet, so killing them leaves nothing behind. Workers not
+    waiting (started without ``wait``, or released already) are left alone."""
     for p in procs:
-        if p.stdin is None:
+        if p.stdin is None or p.stdin.closed:
             continue
         with contextlib.suppress(OSError):  # it exited already (broken pipe)
             if go:

@@ -124,6 +124,36 @@ def test_resume_adds_trials_and_reuses_the_parent_run(tracked):
     assert len(_study("resume").trials) == 4
 
 
+def test_a_failure_before_the_trials_closes_the_parent_run_and_stops_waiting_workers(
+    tracked, monkeypatch
+):
+    """Workers start while the study is set up; an error after the parent run exists
+    (here, enqueuing the first points) ends that run FAILED and kills the workers still
+    waiting for their go."""
+    from sweep import study as study_mod
+    from sweep import workers
+
+    started, start = [], workers.start_local_workers
+
+    def start_and_keep(spec, wait=False):
+        procs = start(spec, wait)
+        started.extend(procs)
+        return procs
+
+    def broken(study, spec):
+        raise RuntimeError("enqueue failed")
+
+    monkeypatch.setattr(workers, "start_local_workers", start_and_keep)
+    monkeypatch.setattr(study_mod, "enqueue_base_point", broken)
+    with pytest.raises(RuntimeError, match="enqueue failed"):
+        _tune([*QUICK, "study.name=setup_fails", "study.n_workers=2"])
+    assert len(started) == 2
+    assert all(p.returncode is not None for p in started)  # killed and reaped
+    (parent,) = _runs("setup_fails", role="study")
+    assert parent.info.status == "FAILED"
+    assert _study("setup_fails").trials == []
+
+
 def test_a_pruner_that_must_prune_prunes_and_records_the_epoch(tracked):
     # Percentile 95 keeps only trials in the top 5% at each epoch: almost all are cut.
     _tune(
