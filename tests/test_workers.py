@@ -195,6 +195,22 @@ def test_workers_started_early_are_stopped_when_the_tracking_store_fails(tracked
         _load(name)
 
 
+def _wait_until_blocked(proc: subprocess.Popen, timeout: float = 120.0) -> None:
+    """Until ``proc`` sleeps and has used no CPU for 1.5 s (it blocks on a read)."""
+    deadline = time.monotonic() + timeout
+    last, since = -1, time.monotonic()
+    while True:
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks = int(fields[11]) + int(fields[12])  # utime + stime
+        if ticks != last or fields[0] != "S":
+            last, since = ticks, time.monotonic()
+        elif time.monotonic() - since >= 1.5:
+            return
+        assert time.monotonic() < deadline, f"{proc.args} never blocked"
+        time.sleep(0.1)
+
+
 def test_a_waiting_worker_ignores_ctrl_c_and_exits_untouched_when_told(tracked, tmp_path):
     """A worker `sweep tune` starts early imports, then waits on stdin: Ctrl-C is the
     coordinator's to answer then, and end of input (the study never became ready) makes
@@ -210,11 +226,7 @@ def test_a_waiting_worker_ignores_ctrl_c_and_exits_untouched_when_told(tracked, 
         stderr=subprocess.PIPE,
     )
     try:
-        deadline = time.monotonic() + 120
-        while not Path(f"/proc/{proc.pid}/wchan").read_text().endswith("pipe_read"):
-            assert proc.poll() is None, proc.communicate()[1][-3000:]
-            assert time.monotonic() < deadline, "the worker never waited on its stdin"
-            time.sleep(0.1)
+        _wait_until_blocked(proc)  # imports done, reading its stdin
         proc.send_signal(signal.SIGINT)
         time.sleep(0.5)
         assert proc.poll() is None  # still waiting
