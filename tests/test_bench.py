@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from sweep.benchmarks.__main__ import render
-from sweep.benchmarks.pruners import PRUNERS
+from sweep.benchmarks.pruners import PRUNERS, VARIANTS
 from sweep.benchmarks.search import _median
 
 
@@ -103,12 +103,25 @@ def test_worker_throughput_sums_each_workers_own_rate() -> None:
 def test_render_adds_the_replayed_pruners_when_measured() -> None:
     seeds = [0, 1, 2]
     pruners = {
-        name: {"time_fraction": 0.5 + i / 10, "kept_best": 3 - i % 2, "per_seed": []}
-        for i, name in enumerate(PRUNERS)
+        name: {
+            "time_fraction": 0.5 + i / 10,
+            "kept_best": 3 - i % 2,
+            "tpe_path_kept": i % 3,
+            "per_seed": [],
+        }
+        for i, name in enumerate((*PRUNERS, *VARIANTS))
     }
     table = render({**RESULTS, "pruners": {"n_trials": 20, "seeds": seeds, **pruners}})
-    assert "percentile_all (default) 0.50, 3 of 3; median 0.60, 2 of 3" in table
+    assert "percentile_all (default) 0.50, 3 of 3 (0); median 0.60, 2 of 3 (1)" in table
+    variant = next(iter(VARIANTS))
+    assert f"; {variant} {pruners[variant]['time_fraction']:.2f}, " in table
     assert all(line.count("|") == 4 for line in table.splitlines())
+
+
+def test_render_reads_pruner_results_saved_before_the_tpe_path_was_measured() -> None:
+    old = {name: {"time_fraction": 0.5, "kept_best": 3, "per_seed": []} for name in PRUNERS}
+    table = render({**RESULTS, "pruners": {"n_trials": 20, "seeds": [0, 1, 2], **old}})
+    assert "percentile_all (default) 0.50, 3 of 3; median 0.50, 3 of 3" in table
 
 
 def _curve_trials() -> list[dict]:
@@ -126,7 +139,78 @@ def test_replay_counts_the_time_up_to_each_pruned_epoch_and_the_best_kept() -> N
     from sweep.benchmarks.pruners import replay
 
     none = replay(_curve_trials(), optuna.pruners.NopPruner())
-    assert none == {"seconds": 12.0, "best": 0.95}
+    assert none == {"seconds": 12.0, "best": 0.95, "pruned": []}
     # Prunes any report below 0.5 at once: the slow starter stops after 1 of its 3 epochs.
     threshold = replay(_curve_trials(), optuna.pruners.ThresholdPruner(lower=0.5))
-    assert threshold == {"seconds": 3.0 + 1.0 + 6.0, "best": 0.9}
+    assert threshold == {"seconds": 3.0 + 1.0 + 6.0, "best": 0.9, "pruned": [1]}
+
+
+def _finals(values: list[float], enqueued: int = 0) -> list[dict]:
+    return [{"value": v, "sampled": i >= enqueued} for i, v in enumerate(values)]
+
+
+def test_tpe_path_is_kept_while_no_pruned_trial_would_be_in_the_good_group() -> None:
+    from sweep.benchmarks.pruners import tpe_good_count, tpe_path_kept
+
+    assert [tpe_good_count(n) for n in (1, 10, 11, 20, 300)] == [1, 1, 2, 2, 25]
+    # Sampled from trial 3 on: trial 2 leads when trials 3 and 4 are sampled, trial 4
+    # when trial 5 is (the good group holds 1 trial of 3, 4 or 5).
+    values = [0.5, 0.6, 0.9, 0.7, 0.95, 0.8]
+    assert tpe_path_kept(_finals(values), pruned=[0, 1, 3, 5], n_startup=3)
+    assert not tpe_path_kept(_finals(values), pruned=[2], n_startup=3)
+    assert not tpe_path_kept(_finals(values), pruned=[4], n_startup=3)
+    # Trial 0 leads when trial 1 is sampled.
+    assert not tpe_path_kept(_finals(values), pruned=[0], n_startup=1)
+    # The random start-up trials and the enqueued ones are not proposed from the good group.
+    assert tpe_path_kept(_finals(values), pruned=[2], n_startup=6)
+    assert tpe_path_kept(_finals([0.5, 0.9, 0.6, 0.4], enqueued=4), pruned=[1], n_startup=0)
+    assert not tpe_path_kept(_finals([0.5, 0.9, 0.6, 0.4], enqueued=3), pruned=[1], n_startup=0)
+
+
+def _curve(x: float, steps: int = 8) -> list[float]:
+    """A learning curve of one hyperparameter: low x starts fast and plateaus low, high x
+    starts slow and ends high (the slow starters pruning is hard on)."""
+    import math
+
+    return [(0.6 + 0.4 * x) * (1 - math.exp(-(step + 1) * (1.2 - x))) for step in range(steps)]
+
+
+def _search(seed: int, pruner) -> list[dict]:
+    """A TPE search over the curves above, pruned by ``pruner``; each trial's x and reports."""
+    import optuna
+
+    def objective(trial):
+        x = trial.suggest_float("x", 0.0, 1.0)
+        for step, value in enumerate(_curve(x)):
+            trial.report(value, step)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+        return value
+
+    sampler = optuna.samplers.TPESampler(n_startup_trials=4, seed=seed)
+    study = optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner)
+    study.optimize(objective, n_trials=16)
+    return [
+        {"x": t.params["x"], "value": t.value, "reports": _curve(t.params["x"]), "seconds": 1.0}
+        for t in study.trials
+    ]
+
+
+def test_tpe_path_kept_predicts_when_optunas_tpe_proposes_the_unpruned_trials() -> None:
+    """The replay's claim, on Optuna's own TPE: a pruned search proposes exactly the
+    unpruned search's points when tpe_path_kept says so, and other points otherwise."""
+    import optuna
+
+    from sweep.benchmarks.pruners import replay, tpe_path_kept
+    from sweep.pruners import AllTrialsPercentilePruner
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    seen = set()
+    for seed in range(8):
+        unpruned = _search(seed, optuna.pruners.NopPruner())
+        pruner = lambda: AllTrialsPercentilePruner(70.0, n_startup_trials=2, n_warmup_steps=2)  # noqa: E731
+        predicted = tpe_path_kept(unpruned, replay(unpruned, pruner())["pruned"], n_startup=4)
+        pruned = _search(seed, pruner())
+        assert predicted == ([t["x"] for t in pruned] == [t["x"] for t in unpruned]), seed
+        seen.add(predicted)
+    assert seen == {True, False}  # both cases occurred

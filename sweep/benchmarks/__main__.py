@@ -126,19 +126,22 @@ def render(results: dict) -> str:
     ]
     pr = results.get("pruners")
     if pr:
-        from sweep.benchmarks.pruners import PRUNERS
+        from sweep.benchmarks.pruners import PRUNERS, VARIANTS
 
         n = len(pr["seeds"])
+        names = [name for name in (*PRUNERS, *VARIANTS) if name in pr]
         rows.insert(
             -3,
             (
                 f"Pruners replayed on the curves of unpruned default studies ({n} sampler "
                 f"seeds, {pr['n_trials']} trials): median share of the time taken, seeds "
-                "where the best trial was kept",
+                "where the best trial was kept (where TPE would propose the same trials, "
+                "so the best val is the unpruned one)",
                 "; ".join(
                     f"{name}{' (default)' if i == 0 else ''} {pr[name]['time_fraction']:.2f}, "
                     f"{pr[name]['kept_best']} of {n}"
-                    for i, name in enumerate(PRUNERS)
+                    + (f" ({pr[name]['tpe_path_kept']})" if "tpe_path_kept" in pr[name] else "")
+                    for i, name in enumerate(names)
                 ),
                 "keep the best",
             ),
