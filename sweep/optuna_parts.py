@@ -107,7 +107,9 @@ def _build_sampler(cfg: Any, params: list[Param], seed: int, n_workers: int, n_o
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "grid":
         _options(cfg, "sampler", {})
-        space = {p.key: p.grid_values() for p in params}
+        space = {p.key: p.grid_values() for p in params}  # refuses unstepped floats
+        if any(p.when for p in params):
+            return _brute_force_sampler(seed)
         return optuna.samplers.GridSampler(space, seed=seed)
     if name == "cmaes":
         o = _options(cfg, "sampler", {"n_startup_trials": int})
@@ -124,6 +126,20 @@ def _build_sampler(cfg: Any, params: list[Param], seed: int, n_workers: int, n_o
         return optuna.samplers.QMCSampler(seed=seed, warn_independent_sampling=False, **o)
     o = _options(cfg, "sampler", {"population_size": int})
     return optuna.samplers.NSGAIISampler(seed=seed, **o)
+
+
+def _brute_force_sampler(seed: int):
+    """Optuna's grid for a conditional space. ``GridSampler`` walks the product of every
+    parameter's values, so points that differ only in a parameter whose condition does not
+    hold (a width for the cnn) train the same config again; ``BruteForceSampler`` walks
+    the distinct points of a define-by-run space, each once."""
+    import warnings
+
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.BruteForceSampler(seed=seed)
 
 
 def build_pruner(cfg: Any, max_epochs: int, n_objectives: int):

@@ -14,6 +14,7 @@ first trial and raises :class:`SearchSpaceError` with one line naming the parame
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -78,9 +79,31 @@ class Param:
         return [int(v) for v in values] if self.type == "int" else values
 
 
-def grid_size(params: list[Param]) -> int:
-    """How many points the grid sampler walks (inactive conditional values included)."""
-    return math.prod(len(p.grid_values()) for p in params)
+def grid_size(params: list[Param], base_cfg: DictConfig) -> int:
+    """How many distinct points the grid walks: a parameter whose ``when`` does not hold
+    is not part of a point, so its values do not multiply the others'.
+
+    Counted branch by branch like :func:`suggest` samples, remembering per parameter only
+    the values later conditions read, so a large unconditional grid costs no more than
+    a product."""
+    groups = {p.key: p.is_group for p in params}
+    read_later = [set().union(*(p.when for p in params[i:])) for i in range(len(params) + 1)]
+
+    @functools.cache
+    def count(index: int, state: tuple[tuple[str, Any], ...]) -> int:
+        if index == len(params):
+            return 1
+        param, sampled = params[index], dict(state)
+        if not active(param, sampled, groups, base_cfg):
+            return count(index + 1, state)
+        total = 0
+        for value in param.grid_values():
+            point = {**sampled, param.key: value}
+            kept = sorted((k, v) for k, v in point.items() if k in read_later[index + 1])
+            total += count(index + 1, tuple(kept))
+        return total
+
+    return count(0, ())
 
 
 def format_value(value: Any) -> str:
@@ -225,9 +248,15 @@ def base_value(cfg: DictConfig, key: str, is_group: bool) -> Any:
 
 
 def active(param: Param, sampled: dict[str, Any], groups: dict[str, bool], cfg: DictConfig) -> bool:
-    """Whether every ``when`` condition of ``param`` holds for this trial."""
+    """Whether every ``when`` condition of ``param`` holds for this trial: against the
+    value sampled for an earlier parameter, else the base config's (for a config group,
+    searched or not, the option name)."""
     for key, expected in param.when.items():
-        value = sampled[key] if key in sampled else base_value(cfg, key, groups.get(key, False))
+        if key in sampled:
+            value = sampled[key]
+        else:
+            is_group = groups[key] if key in groups else group_options(key) is not None
+            value = base_value(cfg, key, is_group)
         allowed = expected if isinstance(expected, list) else [expected]
         if value not in allowed:
             return False

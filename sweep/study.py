@@ -110,7 +110,7 @@ def prepare(overrides: list[str], check_space: bool = True) -> StudySpec:
     if cfg.sampler.name == "grid":
         # GridSampler stops the study once every point is visited; a larger target
         # would make every rerun try one more (duplicate) point.
-        n_trials = min(n_trials, grid_size(params))
+        n_trials = min(n_trials, grid_size(params, cfg))
     return StudySpec(
         cfg=cfg,
         overrides=list(overrides),

@@ -79,6 +79,34 @@ def test_a_grid_needs_discrete_parameters_and_caps_n_trials(mlflow_store, tmp_pa
     assert _prepare([*grid, "sampler=grid", "study.n_trials=4"]).n_trials == 4
 
 
+def test_a_conditional_grid_counts_each_distinct_point_once(mlflow_store, tmp_path):
+    from sweep.space import grid_size, parse_space
+
+    grid = _space(
+        tmp_path,
+        "model: {type: categorical, choices: [mlp, cnn]}\n"
+        "model.width: {type: int, low: 8, high: 32, step: 8, when: {model: mlp}}\n"
+        "model.depth: {type: int, low: 1, high: 2, when: {model: mlp, model.width: [8, 16]}}\n"
+        "model.channels: {type: categorical, choices: [4, 8], when: {model: cnn}}\n"
+        "optimizer.lr: {type: categorical, choices: [0.001, 0.01]}\n",
+    )
+    # (mlp: widths 8 and 16 at 2 depths, 24 and 32 without + cnn: 2 channels) x 2 lr;
+    # the product of every parameter's values would be 2 x 4 x 2 x 2 x 2 = 64.
+    spec = _prepare([*grid, "sampler=grid", "study.n_trials=500"])
+    assert spec.n_trials == (2 * 2 + 2 + 2) * 2 == 16
+    # A condition on the base config: with the mlp as base, only the mlp's keys vary.
+    base_only = parse_space(
+        {
+            "model.width": {"type": "categorical", "choices": [8, 16], "when": {"model": "mlp"}},
+            "model.channels": {"type": "int", "low": 4, "high": 6, "when": {"model": "cnn"}},
+        }
+    )
+    assert grid_size(base_only, spec.cfg) == 2
+    # Unconditional: the product, counted without walking it (10^12 points).
+    wide = parse_space({f"k{i}": {"type": "int", "low": 1, "high": 10} for i in range(12)})
+    assert grid_size(wide, spec.cfg) == 10**12
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
@@ -229,3 +257,17 @@ def test_pruning_hook_reports_the_best_value_so_far() -> None:
                 SimpleNamespace(sanity_checking=False, current_epoch=epoch), module
             )
         assert reported == list(zip(expected, range(4), strict=True))
+
+
+@pytest.mark.parametrize(("model", "searched"), [("mlp", {"model.width"}), ("cnn", set())])
+def test_a_condition_on_an_unsearched_group_reads_the_base_option(mlflow_store, model, searched):
+    import optuna
+
+    from sweep.config import compose
+    from sweep.space import parse_space, suggest
+
+    params = parse_space(
+        {"model.width": {"type": "int", "low": 8, "high": 16, "when": {"model": "mlp"}}}
+    )
+    trial = optuna.create_study().ask()
+    assert set(suggest(trial, params, compose("sweep", [f"model={model}"]))) == searched

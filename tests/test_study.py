@@ -362,6 +362,32 @@ def test_a_grid_study_walks_its_points_once_without_the_base_point(tracked, tmp_
     assert points == {(8, 0.003), (8, 0.01), (16, 0.003), (16, 0.01)}
 
 
+def test_a_conditional_grid_trains_each_distinct_config_once(tracked, tmp_path):
+    # The product of the values would be 2 x 2 x 2 = 8 points; a width and a channel count
+    # are never used together, so there are 2 mlp points and 2 cnn points.
+    searchpath = _custom_search(
+        tmp_path,
+        "cgrid",
+        "model: {type: categorical, choices: [mlp, cnn]}\n"
+        "model.width: {type: categorical, choices: [8, 16], when: {model: mlp}}\n"
+        "model.channels: {type: categorical, choices: [4, 8], when: {model: cnn}}\n",
+    )
+    settings = [*QUICK, searchpath, "search=cgrid", "sampler=grid", "pruner=none"]
+    settings += ["study.name=cgrid", "study.n_trials=10", "trainer.max_epochs=2"]
+    _tune(settings)
+    _tune(settings)  # resumed: done already
+    study = _study("cgrid", [searchpath])
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4
+    points = {tuple(sorted(t.params.items())) for t in study.trials}
+    assert points == {
+        (("model", "mlp"), ("model.width", 8)),
+        (("model", "mlp"), ("model.width", 16)),
+        (("model", "cnn"), ("model.channels", 4)),
+        (("model", "cnn"), ("model.channels", 8)),
+    }
+    assert len(_runs("cgrid")) == 4
+
+
 def test_champion_skips_a_candidate_whose_rerun_fails_and_follows_new_settings(tracked, tmp_path):
     import pandas as pd
     from mlflow.tracking import MlflowClient
