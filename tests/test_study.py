@@ -249,9 +249,10 @@ def test_a_conditional_parameter_is_only_sampled_when_its_condition_holds(tracke
         tmp_path,
         "cond",
         "model: {type: categorical, choices: [mlp, cnn]}\n"
-        "model.width: {type: int, low: 8, high: 32, when: {model: mlp}}\n"
+        "model.width: {type: int, low: 8, high: 32, step: 24, when: {model: mlp}}\n"
         "model.channels: {type: int, low: 4, high: 8, step: 4, when: {model: cnn}}\n",
     )
+    # 2 mlp points and 2 cnn points: the grid walks all 4, so both models are tried.
     _tune(
         [
             *QUICK,

@@ -246,7 +246,8 @@ def test_best_weights_are_restored(tracked, monkeypatch):
 
         def on_validation_end(self, trainer, pl_module):
             net = pl_module.network
-            self.states.append({k: v.detach().clone() for k, v in net.state_dict().items()})
+            # On the CPU, as the logged model is (training may run on a GPU).
+            self.states.append({k: v.detach().cpu().clone() for k, v in net.state_dict().items()})
 
     monkeypatch.setattr(Task, "on_validation_epoch_end", patched)
     snapshots = Snapshots()
