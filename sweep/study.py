@@ -257,8 +257,9 @@ def ensure_parent_run(study, spec: StudySpec) -> str:
     run_id = study.user_attrs.get(PARENT_RUN_ATTR)
     if run_id:
         with contextlib.suppress(Exception):
-            client.get_run(run_id)
+            run = client.get_run(run_id)
             client.update_run(run_id, status="RUNNING")
+            _record_resumed_settings(run, spec)
             return run_id
     experiment_id = tracking.ensure_experiment(spec.name)
     run = client.create_run(
@@ -272,9 +273,34 @@ def ensure_parent_run(study, spec: StudySpec) -> str:
 
 
 def _log_study_settings(client, run_id: str, spec: StudySpec) -> None:
-    from sweep.tracking import Recorder, redact
+    from sweep.tracking import Recorder
 
-    settings = {
+    with Recorder(run_id) as recorder:
+        recorder.params(_study_settings(spec))
+        recorder.text(OmegaConf.to_yaml(spec.cfg.search), "search_space.yaml")
+        recorder.text(OmegaConf.to_yaml(config_mod.run_part(spec.cfg)), "base_config.yaml")
+
+
+def _record_resumed_settings(run, spec: StudySpec) -> None:
+    """A resumed study's parent run keeps the params of its first invocation (MLflow
+    params cannot change). The settings this invocation changes or adds
+    (``study.n_trials=40`` to run 20 more, another pruner, ...) become ``resumed.<key>``
+    tags with the value now in force, and ``study.invocations`` counts the invocations."""
+    from sweep.tracking import Recorder, as_params
+
+    logged = run.data.params
+    changed = {k: v for k, v in as_params(_study_settings(spec)).items() if logged.get(k) != v}
+    invocations = int(run.data.tags.get("study.invocations", "1")) + 1
+    with Recorder(run.info.run_id) as recorder:
+        recorder.tags(
+            {"study.invocations": invocations, **{f"resumed.{k}": v for k, v in changed.items()}}
+        )
+
+
+def _study_settings(spec: StudySpec) -> dict[str, Any]:
+    from sweep.tracking import redact
+
+    return {
         "study.name": spec.name,
         "study.n_trials": spec.n_trials,
         "study.seed": spec.seed,
@@ -286,10 +312,6 @@ def _log_study_settings(client, run_id: str, spec: StudySpec) -> None:
         **{f"pruner.{k}": v for k, v in config_mod.flatten(spec.cfg.pruner).items()},
         **{f"base.{k}": v for k, v in config_mod.flatten(config_mod.run_part(spec.cfg)).items()},
     }
-    with Recorder(run_id) as recorder:
-        recorder.params(settings)
-        recorder.text(OmegaConf.to_yaml(spec.cfg.search), "search_space.yaml")
-        recorder.text(OmegaConf.to_yaml(config_mod.run_part(spec.cfg)), "base_config.yaml")
 
 
 # -- one trial --------------------------------------------------------------------------------

@@ -151,6 +151,16 @@ def one_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[0] if text else ''}"[:500]
 
 
+def as_params(values: dict[str, Any]) -> dict[str, str]:
+    """``values`` as :meth:`Recorder.params` stores them: strings cut to MLflow's length
+    limit, keys that name a secret left out."""
+    return {
+        k: str(v)[:PARAM_VALUE_LIMIT]
+        for k, v in values.items()
+        if not any(s in k.lower() for s in SECRET_KEYS)
+    }
+
+
 class Recorder:
     """Writes to one MLflow run. Cheap calls: params, tags and metrics are buffered and
     written in batches by :meth:`flush` (at most every ``FLUSH_SECONDS`` on its own, and
@@ -175,11 +185,7 @@ class Recorder:
     def params(self, values: dict[str, Any]) -> None:
         from mlflow.entities import Param
 
-        self._params.extend(
-            Param(k, str(v)[:PARAM_VALUE_LIMIT])
-            for k, v in values.items()
-            if not any(s in k.lower() for s in SECRET_KEYS)
-        )
+        self._params.extend(Param(k, v) for k, v in as_params(values).items())
 
     def tags(self, values: dict[str, Any]) -> None:
         from mlflow.entities import RunTag

@@ -120,8 +120,16 @@ def test_resume_adds_trials_and_reuses_the_parent_run(tracked):
     assert len(_runs("resume", role="study")) == 1
     assert len(_runs("resume")) == 4
     # Nothing left to do: a third call adds no trial.
-    _tune([*QUICK, "study.name=resume", "study.n_trials=4"])
+    _tune([*QUICK, "study.name=resume", "study.n_trials=4", "pruner=median"])
     assert len(_study("resume").trials) == 4
+    # The parent keeps the first invocation's params; what later ones changed is tagged.
+    parent = _runs("resume", role="study")[0].data
+    assert parent.params["study.n_trials"] == "2"
+    assert parent.params["pruner.name"] == "percentile_all"
+    assert parent.tags["study.invocations"] == "3"
+    assert parent.tags["resumed.study.n_trials"] == "4"
+    assert parent.tags["resumed.pruner.name"] == "median"
+    assert "resumed.study.seed" not in parent.tags
 
 
 def test_a_failure_before_the_trials_closes_the_parent_run_and_stops_waiting_workers(
