@@ -321,15 +321,16 @@ class Objective:
     def __init__(self, spec: StudySpec, parent_run_id: str, on_trial_start=None):
         self.spec = spec
         self.parent_run_id = parent_run_id
-        self.on_trial_start = on_trial_start
+        # Called once the trial is RUNNING with its point in the storage (may be called
+        # again): other workers then sample knowing it, which TPE's constant liar and the
+        # grid of a conditional space (BruteForceSampler) need to propose another point.
+        self.on_trial_start = on_trial_start or (lambda: None)
         self.sampler_name = str(spec.cfg.sampler.name)
 
     def __call__(self, trial) -> float | list[float]:
         import optuna
 
         trial.set_user_attr("worker", f"{platform.node()}:{os.getpid()}")
-        if self.on_trial_start is not None:
-            self.on_trial_start()  # the trial is RUNNING now: let other workers decide
         try:
             return self._run(trial)
         except optuna.TrialPruned:
@@ -343,6 +344,8 @@ class Objective:
                 self._record_early_failure(trial)  # failed before its run existed
             _tag_run(trial, "FAIL", {"trial.error": error})
             raise
+        finally:
+            self.on_trial_start()  # when sampling failed
 
     def _record_early_failure(self, trial) -> None:
         """A FAILED child run for a trial that failed before training started, so that
@@ -375,6 +378,7 @@ class Objective:
         from sweep.train import run
 
         sampled = suggest(trial, self.spec.params, self.spec.cfg)
+        self.on_trial_start()
         overrides = config_mod.merge_overrides(
             self.spec.overrides, to_overrides(self.spec.params, sampled)
         )

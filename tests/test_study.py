@@ -132,6 +132,35 @@ def test_resume_adds_trials_and_reuses_the_parent_run(tracked):
     assert "resumed.study.seed" not in parent.tags
 
 
+def test_the_next_trial_may_start_only_once_this_ones_point_is_stored(tracked, monkeypatch):
+    """Parallel workers sample knowing the running trials' points (TPE's constant liar,
+    the grid of a conditional space): the start-a-trial lock is released after the
+    trial's parameters are in the storage, not before."""
+    from sweep import budget as budget_mod
+    from sweep import study as study_mod
+
+    events = []
+    suggest, release = study_mod.suggest, budget_mod.TrialBudget.release
+
+    def recorded_suggest(trial, *args):
+        sampled = suggest(trial, *args)
+        stored = trial.study._storage.get_trial(trial._trial_id).params
+        events.append(("stored", trial.number, stored == sampled))
+        return sampled
+
+    def recorded_release(self):
+        if self.held:
+            events.append(("released", None, None))
+        release(self)
+
+    monkeypatch.setattr(study_mod, "suggest", recorded_suggest)
+    monkeypatch.setattr(budget_mod.TrialBudget, "release", recorded_release)
+    _tune([*QUICK, "study.name=lock_order", "study.n_trials=3"])
+    # The last release: after the third trial the budget finds the study complete.
+    assert [e[0] for e in events] == ["stored", "released"] * 3 + ["released"]
+    assert all(ok for kind, _, ok in events if kind == "stored")
+
+
 def test_a_failure_before_the_trials_closes_the_parent_run_and_stops_waiting_workers(
     tracked, monkeypatch
 ):

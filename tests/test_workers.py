@@ -153,6 +153,26 @@ def test_four_local_workers_share_the_embedded_journal_storage(tracked, tmp_path
     assert (tmp_path / ".sweep" / "optuna.journal").exists()
 
 
+def test_two_workers_walk_a_conditional_grid_each_point_once(tracked, tmp_path):
+    """Each worker's grid sampler proposes a point only once the others' are stored."""
+    folder = tmp_path / "myconf" / "search"
+    folder.mkdir(parents=True)
+    (folder / "cgrid.yaml").write_text(
+        "model: {type: categorical, choices: [mlp, cnn]}\n"
+        "model.width: {type: categorical, choices: [8, 16, 24], when: {model: mlp}}\n"
+        "model.channels: {type: categorical, choices: [4, 8], when: {model: cnn}}\n"
+        "optimizer.lr: {type: categorical, choices: [0.003, 0.01]}\n"
+    )
+    extra = [f"hydra.searchpath=[file://{tmp_path / 'myconf'}]", "search=cgrid", "sampler=grid"]
+    args = ["tune", *QUICK, *extra, "study.name=cgrid2", "study.n_trials=20", "study.n_workers=2"]
+    proc = start_cli(*args, cwd=tmp_path, uri=tracked)
+    _out, err = proc.communicate(timeout=400)
+    assert proc.returncode == 0, err[-3000:]
+    study = _assert_complete("cgrid2", 10, extra)  # (3 mlp + 2 cnn) x 2 lr, not 20
+    points = [tuple(sorted(t.params.items())) for t in study.trials]
+    assert len(set(points)) == len(points) == 10
+
+
 @pytest.mark.postgres
 def test_four_workers_share_a_postgresql_storage(tracked, tmp_path, postgres_url):
     _run_parallel_study(
