@@ -256,10 +256,13 @@ def ensure_parent_run(study, spec: StudySpec) -> str:
     client = MlflowClient()
     run_id = study.user_attrs.get(PARENT_RUN_ATTR)
     if run_id:
-        with contextlib.suppress(Exception):
+        reopened = None
+        with contextlib.suppress(Exception):  # gone from the store: a new one below
             run = client.get_run(run_id)
             client.update_run(run_id, status="RUNNING")
-            _record_resumed_settings(run, spec)
+            reopened = run
+        if reopened is not None:
+            _record_resumed_settings(reopened, spec)
             return run_id
     experiment_id = tracking.ensure_experiment(spec.name)
     run = client.create_run(
