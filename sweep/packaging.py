@@ -157,8 +157,16 @@ def pip_requirements() -> tuple[str, ...]:
     )
 
 
-def log_model(network, model_cfg: dict, dataset, output_example: Any | None = None) -> str:
-    """Log the trained network with its preprocessor into the active run; return its URI."""
+def log_model(
+    network, model_cfg: dict, dataset, *, step: int = 0, params: dict[str, str] | None = None
+) -> Any:
+    """Log the trained network with its preprocessor into the active run as an MLflow 3
+    LoggedModel; return its ``ModelInfo`` (``model_uri``, ``model_id``).
+
+    ``step`` is the epoch whose weights the network holds: MLflow links the run's metrics
+    already stored at that step to the model. ``params`` are the run's params, given
+    explicitly because a run's buffered params may not be in the store yet (MLflow copies
+    only the stored ones onto the model)."""
     import torch
     from mlflow.models import infer_signature
 
@@ -187,5 +195,7 @@ def log_model(network, model_cfg: dict, dataset, output_example: Any | None = No
             signature=signature,
             input_example=example,
             pip_requirements=list(pip_requirements()),
+            params=params,
+            step=step,
         )
-    return info.model_uri
+    return info

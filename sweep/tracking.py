@@ -175,6 +175,7 @@ class Recorder:
         self._tags: list[Any] = []
         self._metrics: list[Any] = []
         self._last_flush = time.time()
+        self.logged_params: dict[str, str] = {}  # every param of the run, as stored
 
     def __enter__(self) -> Recorder:
         return self
@@ -185,20 +186,39 @@ class Recorder:
     def params(self, values: dict[str, Any]) -> None:
         from mlflow.entities import Param
 
-        self._params.extend(Param(k, v) for k, v in as_params(values).items())
+        params = as_params(values)
+        self.logged_params.update(params)
+        self._params.extend(Param(k, v) for k, v in params.items())
 
     def tags(self, values: dict[str, Any]) -> None:
         from mlflow.entities import RunTag
 
         self._tags.extend(RunTag(k, str(v)[:5000]) for k, v in values.items())
 
-    def metrics(self, values: dict[str, float], step: int = 0) -> None:
+    def metrics(self, values: dict[str, float], step: int = 0, model_id: str | None = None) -> None:
+        """Buffer metric values at ``step``; with ``model_id`` they are the logged model's
+        too (MLflow 3 stores them on the LoggedModel as well as on the run)."""
         from mlflow.entities import Metric
 
         now = time.time()
-        self._metrics.extend(Metric(k, float(v), int(now * 1000), step) for k, v in values.items())
+        self._metrics.extend(
+            Metric(k, float(v), int(now * 1000), step, model_id=model_id) for k, v in values.items()
+        )
         if now - self._last_flush >= FLUSH_SECONDS:
             self.flush()
+
+    def link_to_model(self, model_id: str, step: int) -> None:
+        """Make the buffered metrics of ``step`` the logged model's too. Logging a model,
+        MLflow links the run's metrics of its step that are in the store already; these
+        are the ones not written yet."""
+        from mlflow.entities import Metric
+
+        self._metrics = [
+            Metric(m.key, m.value, m.timestamp, m.step, model_id=model_id)
+            if m.step == step and m.model_id is None
+            else m
+            for m in self._metrics
+        ]
 
     def flush(self) -> None:
         """Write everything buffered, in as few ``log_batch`` calls as MLflow's limits

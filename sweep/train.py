@@ -197,7 +197,7 @@ def _train_in_run(cfg: DictConfig, recorder, callbacks: list) -> RunResult:
         None,
     )
     test: dict[str, float] = {}
-    model_uri = None
+    model_uri = model_id = None
     if pruned_epoch is None:
         # One evaluation on the held-out test split, with the best validation weights.
         with interrupts_kept():
@@ -206,7 +206,18 @@ def _train_in_run(cfg: DictConfig, recorder, callbacks: list) -> RunResult:
         if cfg.tracking.log_model:
             from sweep.packaging import log_model
 
-            model_uri = log_model(task.network, config_mod.to_container(cfg.model), dataset)
+            # The model holds the best epoch's weights: its metrics are that epoch's (and
+            # the test scores below), its params the run's.
+            best_epoch = int(best.best_epoch or 0)
+            info = log_model(
+                task.network,
+                config_mod.to_container(cfg.model),
+                dataset,
+                step=best_epoch,
+                params=recorder.logged_params,
+            )
+            model_uri, model_id = info.model_uri, info.model_id
+            recorder.link_to_model(model_id, best_epoch)
     result = RunResult(
         run_id=recorder.run_id,
         monitor=monitor,
@@ -225,8 +236,9 @@ def _train_in_run(cfg: DictConfig, recorder, callbacks: list) -> RunResult:
         f"best/{k.split('/', 1)[1]}": v for k, v in result.val.items() if k.startswith("val/")
     }
     recorder.metrics(
-        {**summary, **test, "time/fit": fit_seconds, "best/epoch": float(best.best_epoch or 0)}
+        {**summary, "time/fit": fit_seconds, "best/epoch": float(best.best_epoch or 0)}
     )
+    recorder.metrics(test, model_id=model_id)
     recorder.tags(
         {
             "monitor": monitor,

@@ -265,6 +265,43 @@ def test_best_weights_are_restored(tracked, monkeypatch):
     assert not all(torch.equal(logged[k], v) for k, v in snapshots.states[2].items())
 
 
+@pytest.mark.parametrize("flush_seconds", [3600.0, 0.0], ids=["buffered", "flushed-each-epoch"])
+def test_logged_model_carries_its_epochs_metrics_and_the_run_params(
+    tracked, monkeypatch, flush_seconds
+):
+    """MLflow 3's LoggedModel of a run: its metrics are those of the epoch whose weights it
+    holds (val/acc made to peak at epoch 1 of 3) and the test scores, its params the run's,
+    whether the epoch's metrics reached the store before the model was logged (MLflow links
+    them) or were still buffered (the recorder links them)."""
+    from sweep import tracking
+
+    monkeypatch.setattr(tracking, "FLUSH_SECONDS", flush_seconds)
+    fake = iter([0.5, 0.9, 0.7])
+    original = Task.on_validation_epoch_end
+
+    def patched(self):
+        original(self)
+        self.epoch_metrics["val/acc"] = next(fake)
+
+    monkeypatch.setattr(Task, "on_validation_epoch_end", patched)
+    _, result = train([*TINY_SYNTHETIC, "trainer.early_stopping.enabled=false"])
+    client = MlflowClient(tracking_uri=tracked)
+    record = client.get_run(result.run_id)
+    models = mlflow.search_logged_models(
+        experiment_ids=[record.info.experiment_id], output_format="list"
+    )
+    assert len(models) == 1
+    model = models[0]
+    assert model.source_run_id == result.run_id
+    assert result.model_uri == f"models:/{model.model_id}"
+    assert model.params == record.data.params
+    epoch_keys = ("train/loss", "val/loss", "val/acc", "val/f1", "lr", "time/epoch")
+    expected = {(key, 1): dict(history(client, result.run_id, key))[1] for key in epoch_keys}
+    expected.update({(key, 0): value for key, value in result.test.items()})
+    assert {(m.key, m.step): m.value for m in model.metrics} == pytest.approx(expected)
+    assert expected[("val/acc", 1)] == 0.9
+
+
 # -- regression ----------------------------------------------------------------------------
 def test_regression_run(tracked):
     overrides = [*TINY_SYNTHETIC, "data.task=regression"]
