@@ -541,6 +541,7 @@ def optimize(study, spec: StudySpec, parent_run_id: str, progress=None) -> StopO
     from sweep.budget import TrialBudget, make_lock
     from sweep.optuna_parts import env_threads
 
+    threads = torch.get_num_threads()
     torch.set_num_threads(env_threads(spec.n_workers))
     budget = TrialBudget(spec.n_trials, make_lock(spec.storage_url, spec.name))
     failures = StopOnRepeatedFailure(spec.max_repeated_failures)
@@ -561,6 +562,7 @@ def optimize(study, spec: StudySpec, parent_run_id: str, progress=None) -> StopO
             )
     finally:
         budget.release()
+        torch.set_num_threads(threads)  # the champion's re-runs have this process's cores
     return failures
 
 
@@ -580,8 +582,8 @@ def tune(overrides: list[str], progress: bool = True) -> dict[str, Any]:
     from sweep.workers import recover, release_workers, start_local_workers
 
     spec = prepare(overrides)
-    # Workers start now and import while this process opens the study and its parent run
-    # (a worker needs ~5 s before its first trial; this needs 1-3 s).
+    # The other workers start now and import while this process opens the study and its
+    # parent run (a worker needs ~5 s before its first trial; this needs 1-3 s).
     waiting = start_local_workers(spec, wait=True) if spec.n_workers > 1 else []
     try:
         tracking.setup(spec.cfg.tracking.uri, check_store=True)
@@ -597,7 +599,7 @@ def tune(overrides: list[str], progress: bool = True) -> dict[str, Any]:
         bar = _ProgressBar(spec, study) if progress else None
         with bar or contextlib.nullcontext():
             if spec.n_workers > 1:
-                _run_worker_rounds(study, spec, bar, waiting)
+                _run_worker_rounds(study, spec, parent_run_id, bar, waiting)
             else:
                 failures = optimize(study, spec, parent_run_id, bar)
                 if failures.message:
@@ -634,17 +636,18 @@ def enqueue_base_point(study, spec: StudySpec) -> None:
             study.enqueue_trial(point, skip_if_exists=True)
 
 
-def _run_worker_rounds(study, spec: StudySpec, bar, waiting: list) -> None:
-    """Run local workers (first the ``waiting`` ones) until the study is done. Another
-    round is needed when a killed worker's trial was re-enqueued after the others had
-    already stopped (its RUNNING trial counted against the budget until it was found dead)."""
-    from sweep.workers import run_local_workers
+def _run_worker_rounds(study, spec: StudySpec, parent_run_id: str, bar, waiting: list) -> None:
+    """Run this process and the local workers (the ``waiting`` ones) until the study is
+    done. Another round, in this process alone, is needed when a killed worker's trial was
+    re-enqueued after the others had stopped (its RUNNING trial counted against the budget
+    until it was found dead)."""
+    from sweep.workers import run_with_local_workers
 
+    failures, codes = run_with_local_workers(study, spec, parent_run_id, bar, procs=waiting)
     for _ in range(3):
-        codes = run_local_workers(study, spec, bar, procs=waiting)
-        waiting = []
-        if count_finished(study) >= spec.n_trials:
-            return
+        done = count_finished(study) >= spec.n_trials
+        if failures.message and not done:
+            raise StudyAborted(failures.message)
         if any(code in (130, -2, -15) for code in codes):
             raise KeyboardInterrupt(f"workers exited with {codes}")
         # -9: SIGKILL (or the OOM killer); its trial is failed and retried in the next round.
@@ -654,8 +657,9 @@ def _run_worker_rounds(study, spec: StudySpec, bar, waiting: list) -> None:
             raise StudyAborted(
                 f"study '{spec.name}' stopped: workers exited with {codes}; last failure: {reason}"
             )
-        if spec.timeout is not None:
-            return  # the time budget is spent
+        if done or spec.timeout is not None:
+            return  # done, or the time budget is spent
+        failures, codes = optimize(study, spec, parent_run_id, bar), []
 
 
 def finish(study, spec: StudySpec, parent_run_id: str) -> dict[str, Any]:

@@ -102,13 +102,16 @@ def _assert_complete(name: str, n_trials: int, extra: list[str] | None = None):
 
 
 def _run_parallel_study(tracked, tmp_path, name: str, extra: list[str]):
+    # SLOW trials: `sweep tune` runs trials itself from the start, and would finish 8 quick
+    # ones alone before the other workers have imported torch.
     proc = subprocess.run(
         [
             sys.executable,
             "-m",
             "sweep",
             "tune",
-            *QUICK,
+            *SLOW,
+            "study.seed=3",
             *extra,
             f"study.name={name}",
             "study.n_trials=8",
@@ -402,10 +405,9 @@ def test_multi_machine_recipe_tracking_server_postgres_and_a_joining_worker(tmp_
         mlflow.set_tracking_uri(uri)
         study = _load("multi", overrides[6:9])
         pids = {int(t.user_attrs["worker"].rsplit(":", 1)[1]) for t in study.trials}
-        # The joining machine's worker processes (children of its `sweep worker`) took
-        # trials too.
-        assert pids - {coordinator.pid, worker.pid}, pids
-        assert worker.pid not in pids  # it supervises; its children run the trials
+        # The joining machine's worker processes (its `sweep worker` and the one it
+        # started) took trials too.
+        assert pids - {coordinator.pid}, pids
         _assert_distinct_points(study)
         version = MlflowClient(tracking_uri=uri).get_model_version_by_alias("multi", "champion")
         assert version.source  # the champion model went through the server's artifact store
