@@ -244,6 +244,7 @@ def _train_in_run(cfg: DictConfig, recorder, callbacks: list) -> RunResult:
             "monitor": monitor,
             "mode": mode,
             "best_epoch": best.best_epoch,
+            "device": task.trained_on,
             **({"model_uri": model_uri} if model_uri else {}),
         }
     )

@@ -211,6 +211,10 @@ def test_digits_run_is_fully_tracked(tracked):
     assert tags["host"]
     assert tags["version.torch"].split("+")[0] == torch.__version__.split("+")[0]
     assert tags["monitor"] == "val/acc" and tags["mode"] == "max"
+    if torch.cuda.is_available():
+        assert tags["device"] == f"cuda:0 ({torch.cuda.get_device_name(0)})"
+    else:
+        assert tags["device"] == f"cpu ({torch.get_num_threads()} threads)"
     assert tags["model_uri"] == result.model_uri
     assert "error" not in tags
 

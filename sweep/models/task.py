@@ -83,6 +83,7 @@ class Task(L.LightningModule):
         self.target_scale = target_scale
         self.epoch_metrics: dict[str, float] = {}
         self.test_metrics: dict[str, float] = {}
+        self.trained_on = ""  # the device of the last fit, see describe_device
         self._outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
         # Each mini-batch's (detached) loss and size: summed once per epoch, not per step.
         self._train_losses: list[torch.Tensor] = []
@@ -109,6 +110,7 @@ class Task(L.LightningModule):
             datamodule.move_to(self.device)
         # Exactly the full-precision plugins: their backward and step are the plain ones.
         self.plain_steps = type(self.trainer.precision_plugin) in (Precision, DoublePrecision)
+        self.trained_on = describe_device(self.device)
 
     def on_train_epoch_start(self) -> None:
         self._train_losses.clear()
@@ -220,6 +222,16 @@ class Task(L.LightningModule):
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             config["monitor"] = self.monitor
         return {"optimizer": optimizer, "lr_scheduler": config}
+
+
+def describe_device(device: torch.device) -> str:
+    """Where a run trains, for its ``device`` tag: ``cuda:0 (NVIDIA H200)``, ``cpu (2
+    threads)``, ``mps``."""
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    if device.type == "cpu":
+        return f"cpu ({torch.get_num_threads()} threads)"
+    return str(device)
 
 
 def build_optimizer(cfg: dict[str, Any], params) -> torch.optim.Optimizer:
