@@ -4,6 +4,7 @@ PostgreSQL server, SIGKILL mid-trial, SIGTERM, and `sweep check` afterwards."""
 from __future__ import annotations
 
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -174,6 +175,8 @@ def test_two_workers_walk_a_conditional_grid_each_point_once(tracked, tmp_path):
     study = _assert_complete("cgrid2", 10, extra)  # (3 mlp + 2 cnn) x 2 lr, not 20
     points = [tuple(sorted(t.params.items())) for t in study.trials]
     assert len(set(points)) == len(points) == 10
+    # `sweep tune` is worker 0: it ran trials itself while its worker process imported.
+    assert f"{platform.node()}:{proc.pid}" in {t.user_attrs["worker"] for t in study.trials}
 
 
 @pytest.mark.postgres
