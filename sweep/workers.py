@@ -104,8 +104,12 @@ def fail_stale_trials(study) -> None:
         optuna.storages.fail_stale_trials(study)
 
 
-def close_orphan_runs(study) -> list[str]:
-    """Close the MLflow runs of FAIL trials that are still RUNNING (their worker died)."""
+def close_orphan_runs(study, checked: set[int] | None = None) -> list[str]:
+    """Close the MLflow runs of FAIL trials that are still RUNNING (their worker died).
+
+    ``checked``: numbers of FAIL trials looked at already, skipped and added to (a failed
+    trial's run never becomes RUNNING again): a supervisor looking every few seconds then
+    reads each failed trial's run once, not once a look."""
     from mlflow.tracking import MlflowClient
     from optuna.trial import TrialState
 
@@ -113,26 +117,29 @@ def close_orphan_runs(study) -> list[str]:
     closed = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
         run_id = trial.user_attrs.get("mlflow_run_id")
-        if not run_id:
+        if not run_id or (checked is not None and trial.number in checked):
             continue
         try:
             run = client.get_run(run_id)
         except Exception:
-            continue
+            continue  # looked at again next time
         if run.info.status == "RUNNING":
             reason = trial.user_attrs.get("error") or "trial failed (worker died or went silent)"
             client.set_tag(run_id, "error", reason)
             client.set_tag(run_id, "trial.state", "FAIL")
             client.set_terminated(run_id, status="KILLED")
             closed.append(run_id)
+        if checked is not None:
+            checked.add(trial.number)
     return closed
 
 
-def recover(study) -> None:
-    """Everything a live process does about dead ones."""
+def recover(study, checked: set[int] | None = None) -> None:
+    """Everything a live process does about dead ones (``checked``: see
+    :func:`close_orphan_runs`)."""
     fail_stale_trials(study)
     fail_dead_trials(study)
-    close_orphan_runs(study)
+    close_orphan_runs(study, checked)
 
 
 def retry_interrupted(study) -> None:
@@ -287,10 +294,11 @@ def run_with_local_workers(
         release_workers(procs, go=True)
     else:
         procs = start_local_workers(spec)
+    checked: set[int] = set()  # failed trials whose runs were looked at
     try:
-        with _Supervisor(study, progress):
+        with _Supervisor(study, progress, checked):
             failures = optimize(study, spec, parent_run_id, progress)
-        codes = wait_for_workers(procs, study, progress)
+        codes = wait_for_workers(procs, study, progress, checked)
     except BaseException:
         _stop(procs)
         raise
@@ -303,8 +311,8 @@ class _Supervisor:
     and the progress display shows the other workers' trials. Optuna's storages are
     thread-safe, as its own ``n_jobs`` threads need."""
 
-    def __init__(self, study, progress: Any | None):
-        self.study, self.progress = study, progress
+    def __init__(self, study, progress: Any | None, checked: set[int]):
+        self.study, self.progress, self.checked = study, progress, checked
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name="sweep-supervisor", daemon=True)
 
@@ -319,28 +327,32 @@ class _Supervisor:
     def _run(self) -> None:
         while not self._stopped.wait(POLL_SECONDS):
             try:
-                _look_after(self.study, self.progress)
+                _look_after(self.study, self.progress, self.checked)
             except Exception as error:  # a failed look this time; the next may succeed
                 print(f"warning: supervising the workers: {error}", file=sys.stderr)
 
 
-def _look_after(study, progress: Any | None) -> None:
-    recover(study)
+def _look_after(study, progress: Any | None, checked: set[int]) -> None:
+    recover(study, checked)
     if progress is not None:
         progress.refresh(study)
 
 
 def wait_for_workers(
-    procs: list[subprocess.Popen], study, progress: Any | None = None
+    procs: list[subprocess.Popen],
+    study,
+    progress: Any | None = None,
+    checked: set[int] | None = None,
 ) -> list[int]:
     """Supervise worker processes until they exit; return their exit codes."""
+    checked = set() if checked is None else checked
     next_look = time.monotonic() + POLL_SECONDS
     while any(p.poll() is None for p in procs):
         time.sleep(EXIT_POLL_SECONDS)
         if time.monotonic() >= next_look:
-            _look_after(study, progress)
+            _look_after(study, progress, checked)
             next_look = time.monotonic() + POLL_SECONDS
-    _look_after(study, progress)
+    _look_after(study, progress, checked)
     return [p.returncode for p in procs]
 
 

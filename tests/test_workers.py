@@ -437,3 +437,37 @@ def _drop_database(url: str) -> None:
             (name,),
         )
         conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+
+
+def test_orphan_runs_are_closed_and_each_failed_trials_run_read_once(tracked, monkeypatch):
+    """The supervisor looks every 2 s beside this process's own training: a failed trial's
+    run is read the first time only, and the runs dead workers left RUNNING are closed."""
+    import optuna
+    from mlflow.tracking import MlflowClient
+
+    from sweep import workers
+
+    client = MlflowClient()
+    experiment = client.create_experiment("orphans")
+    study = optuna.create_study()
+    runs = []
+    for _ in range(3):
+        run_id = client.create_run(experiment).info.run_id
+        trial = study.ask()
+        trial.set_user_attr("mlflow_run_id", run_id)
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        runs.append(run_id)
+    client.set_terminated(runs[0], status="FAILED")  # closed by its live worker, as usual
+    reads, get_run = [], MlflowClient.get_run
+
+    def counted(self, run_id):
+        reads.append(run_id)
+        return get_run(self, run_id)
+
+    monkeypatch.setattr(MlflowClient, "get_run", counted)
+    checked: set[int] = set()
+    assert workers.close_orphan_runs(study, checked) == runs[1:]
+    assert workers.close_orphan_runs(study, checked) == []
+    assert reads == runs  # each once
+    statuses = [get_run(client, r).info.status for r in runs]
+    assert statuses == ["FAILED", "KILLED", "KILLED"]
