@@ -234,9 +234,9 @@ def worker_env(index: int, n_workers: int, gpus: list[str]) -> dict[str, str]:
     return env
 
 
-def start_local_workers(spec, wait: bool = False, first: int = 1) -> list[subprocess.Popen]:
-    """Start the ``sweep worker`` processes ``first`` .. ``spec.n_workers - 1`` (worker 0
-    is the process that starts them, see :func:`run_with_local_workers`).
+def start_local_workers(spec, wait: bool = False) -> list[subprocess.Popen]:
+    """Start the ``sweep worker`` processes 1 .. ``spec.n_workers - 1`` (worker 0 is the
+    process that starts them, see :func:`run_with_local_workers`).
 
     With ``wait`` they may start before the study exists: each imports torch, Lightning
     and MLflow and loads the data (seconds), then waits until :func:`release_workers`.
@@ -244,7 +244,7 @@ def start_local_workers(spec, wait: bool = False, first: int = 1) -> list[subpro
     gpus = gpu_ids()
     command = [sys.executable, "-m", "sweep", "worker", *spec.overrides]
     procs = []
-    for i in range(first, spec.n_workers):
+    for i in range(1, spec.n_workers):
         env = worker_env(i, spec.n_workers, gpus)
         if wait:
             env[WAIT_ENV] = "1"
