@@ -37,7 +37,9 @@ def hand_loop(dataset: Any, cfg: Any) -> float:
     started = time.perf_counter()
     torch.manual_seed(int(cfg.seed))
     net = build_network(cfg.model, dataset.input_shape, dataset.num_outputs)
-    opt = torch.optim.Adam(net.parameters(), lr=float(cfg.optimizer.lr))
+    # The multi-tensor step the platform's optimisers use (bit-identical to the default
+    # per-tensor one, and faster): the ratio then measures the platform, not the optimiser.
+    opt = torch.optim.Adam(net.parameters(), lr=float(cfg.optimizer.lr), foreach=True)
     x, y = torch.from_numpy(dataset.x_train), torch.from_numpy(dataset.y_train)
     xv, yv = torch.from_numpy(dataset.x_val), torch.from_numpy(dataset.y_val)
     xt, yt = torch.from_numpy(dataset.x_test), torch.from_numpy(dataset.y_test)

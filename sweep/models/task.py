@@ -235,6 +235,15 @@ def describe_device(device: torch.device) -> str:
 
 
 def build_optimizer(cfg: dict[str, Any], params) -> torch.optim.Optimizer:
+    """The configured torch optimiser, with its ``foreach`` (multi-tensor) implementation.
+
+    On the CPU torch defaults to the per-tensor loop, whose Python overhead is a fifth of a
+    small model's training step; ``foreach`` does the same arithmetic in the same order
+    (bit-identical weights, see tests/test_models.py): 3-7% faster per epoch in a plain
+    loop over mnist1d (MLP at batch 100, CNN at 32 and 256; 2 cores), too little to show
+    through a whole study's run-to-run noise. On CUDA it is torch's default already.
+    ``fused`` would be faster still but rounds differently: the same seed would no longer
+    give the same metrics."""
     name, lr, wd = cfg["name"], cfg["lr"], cfg["weight_decay"]
     if name == "sgd":
         return torch.optim.SGD(
@@ -243,13 +252,16 @@ def build_optimizer(cfg: dict[str, Any], params) -> torch.optim.Optimizer:
             weight_decay=wd,
             momentum=cfg["momentum"],
             nesterov=cfg["nesterov"] and cfg["momentum"] > 0,
+            foreach=True,
         )
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=wd)
+        return torch.optim.Adam(params, lr=lr, weight_decay=wd, foreach=True)
     if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=wd, foreach=True)
     if name == "rmsprop":
-        return torch.optim.RMSprop(params, lr=lr, weight_decay=wd, momentum=cfg["momentum"])
+        return torch.optim.RMSprop(
+            params, lr=lr, weight_decay=wd, momentum=cfg["momentum"], foreach=True
+        )
     raise ValueError(f"unknown optimizer {name!r}")
 
 
