@@ -35,19 +35,21 @@ def hand_loop(dataset: Any, cfg: Any) -> float:
     from sweep.models.networks import build_network
 
     started = time.perf_counter()
+    # The device the trial's Trainer picks (accelerator auto), data moved there once.
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(int(cfg.seed))
-    net = build_network(cfg.model, dataset.input_shape, dataset.num_outputs)
+    net = build_network(cfg.model, dataset.input_shape, dataset.num_outputs).to(device)
     # The multi-tensor step the platform's optimisers use (bit-identical to the default
     # per-tensor one, and faster): the ratio then measures the platform, not the optimiser.
     opt = torch.optim.Adam(net.parameters(), lr=float(cfg.optimizer.lr), foreach=True)
-    x, y = torch.from_numpy(dataset.x_train), torch.from_numpy(dataset.y_train)
-    xv, yv = torch.from_numpy(dataset.x_val), torch.from_numpy(dataset.y_val)
-    xt, yt = torch.from_numpy(dataset.x_test), torch.from_numpy(dataset.y_test)
+    x, y = (torch.from_numpy(a).to(device) for a in (dataset.x_train, dataset.y_train))
+    xv, yv = (torch.from_numpy(a).to(device) for a in (dataset.x_val, dataset.y_val))
+    xt, yt = (torch.from_numpy(a).to(device) for a in (dataset.x_test, dataset.y_test))
     gen = torch.Generator().manual_seed(int(cfg.seed))
     bs, best, best_state = int(cfg.data.batch_size), -1.0, None
     for _ in range(EPOCHS):
         net.train()
-        order = torch.randperm(len(x), generator=gen)
+        order = torch.randperm(len(x), generator=gen).to(device)
         for start in range(0, len(x), bs):
             idx = order[start : start + bs]
             loss = F.cross_entropy(net(x[idx]), y[idx])

@@ -47,11 +47,20 @@ class BatchOrder:
         return len(self.bounds)
 
     def __iter__(self) -> Iterator[torch.Tensor | slice]:
-        """Index tensors (shuffled) or slices (in order: views, no copy)."""
+        return self.rows()
+
+    def rows(self, device: torch.device | None = None) -> Iterator[torch.Tensor | slice]:
+        """Index tensors (shuffled) or slices (in order: views, no copy).
+
+        The permutation is drawn on the CPU (the generator's stream does not depend on the
+        device) and moved to ``device`` once per pass: a copy per mini-batch from pageable
+        memory waits for the GPU to finish all queued work, every step."""
         if not self.shuffle:
             yield from (slice(start, end) for start, end in self.bounds)
             return
         order = torch.randperm(self.n, generator=self.generator)
+        if device is not None:
+            order = order.to(device)
         yield from (order[start:end] for start, end in self.bounds)
 
 
@@ -80,9 +89,7 @@ class IndexBatches:
         return len(self.order)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for rows in self.order:
-            if isinstance(rows, torch.Tensor):
-                rows = rows.to(self.x.device)
+        for rows in self.order.rows(self.x.device):
             yield self.x[rows], self.y[rows]
 
 
