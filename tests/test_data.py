@@ -268,6 +268,23 @@ def test_index_batches_seeded_shuffle():
         assert torch.equal(yb, xb * 10)
 
 
+def test_index_batches_move_the_permutation_once_per_epoch(monkeypatch):
+    """On an accelerator, an epoch's row indices take one host-to-device copy, not one
+    per mini-batch: a copy from pageable memory waits for all queued GPU work."""
+    copies = []
+    to = torch.Tensor.to
+
+    def counting_to(self, *args, **kwargs):
+        copies.append(len(self))
+        return to(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "to", counting_to)
+    n = 103
+    batches = IndexBatches(torch.arange(n), torch.arange(n), batch_size=16, shuffle=True, seed=5)
+    assert len(epochs_of(batches, 2)[0]) == n
+    assert copies == [n, n]  # the whole permutation, once per epoch (7 batches each)
+
+
 def test_index_batches_unshuffled_keep_order():
     x = torch.arange(10)
     batches = IndexBatches(x, x.clone(), batch_size=4, shuffle=False, seed=0)
