@@ -69,6 +69,22 @@ def test_render_reports_medians_ratios_and_every_seed() -> None:
     assert all(line.count("|") == 4 for line in lines)  # no cell broke the markdown table
 
 
+def test_render_shows_what_ours_finds_in_the_templates_time() -> None:
+    same_time = _search_arm([280, 300, 290], [0.981, 0.97, 0.98])
+    same_time = {
+        **same_time,
+        "trials": 55,
+        "seeds_at_least_baseline": 2,
+        "per_seed": [{**r, "trials": 50 + i} for i, r in enumerate(same_time["per_seed"])],
+    }
+    table = render({**RESULTS, "search": {**RESULTS["search"], "ours_same_time": same_time}})
+    assert "55 trials (3 pruned) in 290 s (the running trial finishes), best val 0.9800" in table
+    assert "test 0.9700; ours >= template on 2 of 3" in table
+    assert "(0.9800 / 0.9810; 0.9700 / 0.9700; 0.9750 / 0.9800)" in table
+    assert all(line.count("|") == 4 for line in table.splitlines())
+    assert "wall time (per seed)" not in render(RESULTS)  # results saved before this arm
+
+
 @pytest.mark.parametrize(
     "values, expected",
     [([3.0, 1.0, 2.0], 2.0), ([1.0, None, 2.0], 2.0), ([None, None, 1.0], None), ([4.0], 4.0)],

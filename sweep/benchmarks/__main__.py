@@ -51,6 +51,28 @@ def machine() -> str:
     )
 
 
+def _same_time_rows(s: dict) -> list[tuple[str, str, str]]:
+    """What the speed buys: our study given the template-style study's wall time."""
+    st = s.get("ours_same_time")
+    if not st:  # results saved before this arm existed
+        return []
+    template = s["baseline"].get("per_seed", [s["baseline"]])
+    pairs = zip(template, st.get("per_seed", [st]), strict=True)
+    return [
+        (
+            "In the template-style study's wall time (per seed), ours on 1 worker: "
+            "trials finished, best val acc (per seed: template-style / ours)",
+            f"{st['trials']:.0f} trials ({st['pruned']:.0f} pruned) in {st['wall_s']:.0f} s "
+            f"(the running trial finishes), best val "
+            f"{st['best_val']:.4f}, test {st['best_test']:.4f}; ours >= template on "
+            f"{st.get('seeds_at_least_baseline', '?')} of {len(s.get('seeds', [0]))} seeds ("
+            + "; ".join(f"{b['best_val']:.4f} / {o['best_val']:.4f}" for b, o in pairs)
+            + ")",
+            "",
+        )
+    ]
+
+
 def render(results: dict) -> str:
     o, s, w, c = (results[k] for k in ("overhead", "search", "workers", "compare"))
     so, sp, sb = s["ours"], s["ours_2_workers"], s["baseline"]
@@ -108,6 +130,7 @@ def render(results: dict) -> str:
             f"{sb['best_test']:.4f} / {so['best_test']:.4f}; {sp['best_test']:.4f}",
             "",
         ),
+        *_same_time_rows(s),
         (
             f"Trials per minute (each worker's own rate, summed), 2 workers / 1 worker "
             f"({w['n_trials']} trials)",

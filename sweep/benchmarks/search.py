@@ -39,8 +39,11 @@ def _best_test(study) -> float:
     return float(best.user_attrs.get("test/acc", float("nan")))
 
 
-def ours(n_trials: int, seed: int, n_workers: int = 1) -> dict[str, Any]:
-    """The default study (TPE + the default pruner, lean trials) on ``n_workers`` local workers."""
+def ours(
+    n_trials: int, seed: int, n_workers: int = 1, timeout: float | None = None
+) -> dict[str, Any]:
+    """The default study (TPE + the default pruner, lean trials) on ``n_workers`` local
+    workers; with ``timeout``, as many trials as start within that many seconds."""
     from sweep.check import load_study
     from sweep.study import tune
 
@@ -53,6 +56,7 @@ def ours(n_trials: int, seed: int, n_workers: int = 1) -> dict[str, Any]:
             f"study.n_workers={n_workers}",
             "champion.k=0",
             "study.name=ours",
+            *([f"study.timeout={timeout}"] if timeout else []),
         ]
         started = time.time()
         tune(overrides, progress=False)
@@ -65,6 +69,7 @@ def ours(n_trials: int, seed: int, n_workers: int = 1) -> dict[str, Any]:
             "best_val": study.best_value,
             "best_test": _best_test(study),
             "pruned": states.count("PRUNED"),
+            "trials": states.count("COMPLETE") + states.count("PRUNED"),
         }
 
 
@@ -184,6 +189,7 @@ def baseline(n_trials: int, seed: int) -> dict[str, Any]:
             "best_val": study.best_value,
             "best_test": _best_test(study),
             "pruned": 0,
+            "trials": n_trials,
         }
 
 
@@ -198,11 +204,18 @@ def run(n_trials: int = 20, seeds: tuple[int, ...] = (0, 1, 2, 3, 4)) -> dict[st
     from sweep.optuna_parts import env_threads
 
     torch.set_num_threads(env_threads(1))
-    arms: dict[str, list[dict[str, Any]]] = {"baseline": [], "ours": [], "ours_2_workers": []}
+    arms: dict[str, list[dict[str, Any]]] = {
+        "baseline": [],
+        "ours": [],
+        "ours_2_workers": [],
+        "ours_same_time": [],
+    }
     for seed in seeds:
-        arms["baseline"].append(baseline(n_trials, seed))
+        arms["baseline"].append(template := baseline(n_trials, seed))
         arms["ours"].append(ours(n_trials, seed))
         arms["ours_2_workers"].append(ours(n_trials, seed, n_workers=2))  # 2 cores here
+        # What the speed buys: one worker, as many trials as start in the template's time.
+        arms["ours_same_time"].append(ours(10 * n_trials, seed, timeout=template["wall_s"]))
     out: dict[str, Any] = {"n_trials": n_trials, "target": TARGET_VAL_ACC, "seeds": list(seeds)}
     for arm, results in arms.items():
         out[arm] = {key: _median([r[key] for r in results]) for key in results[0]}
@@ -210,7 +223,7 @@ def run(n_trials: int = 20, seeds: tuple[int, ...] = (0, 1, 2, 3, 4)) -> dict[st
     out["speedup"] = out["baseline"]["wall_s"] / out["ours"]["wall_s"]
     out["speedup_2_workers"] = out["baseline"]["wall_s"] / out["ours_2_workers"]["wall_s"]
     # Paired by seed: where ours found an equal or better best val than the baseline.
-    for arm in ("ours", "ours_2_workers"):
+    for arm in ("ours", "ours_2_workers", "ours_same_time"):
         out[arm]["seeds_at_least_baseline"] = sum(
             o["best_val"] >= b["best_val"] for o, b in zip(arms[arm], arms["baseline"], strict=True)
         )
