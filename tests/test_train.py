@@ -306,6 +306,43 @@ def test_logged_model_carries_its_epochs_metrics_and_the_run_params(
     assert expected[("val/acc", 1)] == 0.9
 
 
+def test_mlflows_serving_check_runs_once_per_example_and_every_model_keeps_it(tracked, monkeypatch):
+    """MLflow loads a logged model back to check its input example through the serving
+    path; with the same signature and example only the first model of a process pays for
+    it. Every model still carries its example and serving payload, and serves it."""
+    import mlflow.models.utils
+
+    from sweep.packaging import _ServingCheckedOnce
+
+    monkeypatch.setattr(_ServingCheckedOnce, "_checked", set())
+    checked = []
+    original = mlflow.models.utils._validate_serving_input
+
+    def counting(model_uri, serving_input):
+        checked.append(model_uri)
+        return original(model_uri, serving_input)
+
+    monkeypatch.setattr(mlflow.models.utils, "_validate_serving_input", counting)
+    results = [train([*TINY_SYNTHETIC, f"seed={seed}"])[1] for seed in (0, 1)]
+    _, other_data = train([*TINY_SYNTHETIC, "data.num_features=6"])
+    assert len(checked) == 2  # the first model, and the first of the other data set
+    example = load_data(load_run_config(TINY_SYNTHETIC)).input_example
+    for result in [*results, other_data]:
+        local = Path(mlflow.artifacts.download_artifacts(result.model_uri))
+        assert (local / "input_example.json").is_file()
+        assert (local / "serving_input_example.json").is_file()
+        assert mlflow.models.Model.load(local).flavors.keys() == {"python_function"}
+        serving = (local / "serving_input_example.json").read_text()
+        answer = mlflow.models.utils._validate_serving_input(str(local), serving)
+        assert len(answer) == len(example)
+    # Each model holds its own weights (the seeds differ), not the first one's.
+    proba = [
+        mlflow.pyfunc.load_model(r.model_uri).predict(example, params={"proba": True})
+        for r in results
+    ]
+    assert not np.allclose(proba[0].filter(like="proba_"), proba[1].filter(like="proba_"))
+
+
 # -- regression ----------------------------------------------------------------------------
 def test_regression_run(tracked):
     overrides = [*TINY_SYNTHETIC, "data.task=regression"]
