@@ -11,7 +11,7 @@ import pytest
 
 from sweep.benchmarks.__main__ import render
 from sweep.benchmarks.pruners import PRUNERS, VARIANTS
-from sweep.benchmarks.search import _median
+from sweep.benchmarks.search import _median, match_speedup
 
 
 def _search_arm(walls: list[float], best: list[float]) -> dict:
@@ -83,6 +83,38 @@ def test_render_shows_what_ours_finds_in_the_templates_time() -> None:
     assert "(0.9800 / 0.9810; 0.9700 / 0.9700; 0.9750 / 0.9800)" in table
     assert all(line.count("|") == 4 for line in table.splitlines())
     assert "wall time (per seed)" not in render(RESULTS)  # results saved before this arm
+    assert "best val, per seed" not in table  # saved before the time to match was measured
+
+
+def test_render_shows_how_soon_ours_equals_the_templates_best_val() -> None:
+    template = _search_arm([280, 300, 290], [0.98, 0.97, 0.975])
+    template["per_seed"] = [
+        {**r, "to_best_s": t} for r, t in zip(template["per_seed"], [200, 90, 150], strict=True)
+    ]
+    same_time = _search_arm([280, 300, 290], [0.981, 0.97, 0.98])
+    matches = [50.0, None, 30.0]
+    same_time = {
+        **same_time,
+        "trials": 55,
+        "per_seed": [
+            {**r, "trials": 50, "to_match_s": m}
+            for r, m in zip(same_time["per_seed"], matches, strict=True)
+        ],
+        "match_speedup": match_speedup(template["per_seed"], [{"to_match_s": m} for m in matches]),
+    }
+    search = {**RESULTS["search"], "baseline": template, "ours_same_time": same_time}
+    table = render({**RESULTS, "search": search})
+    assert "median of the per-seed ratios **4.0x** (200 / 50 s; 90 / not reached; 150 / 30 s)" in (
+        table
+    )
+    assert all(line.count("|") == 4 for line in table.splitlines())
+
+
+def test_match_speedup_is_the_median_ratio_a_seed_never_matched_counting_as_zero() -> None:
+    template = [{"to_best_s": t} for t in (40.0, 30.0, 50.0, 12.0)]
+    ours = [{"to_match_s": t} for t in (10.0, None, 25.0, 12.0)]
+    assert match_speedup(template, ours) == 1.5  # ratios 4, 0, 2, 1
+    assert match_speedup(template[:3], ours[:3]) == 2.0
 
 
 @pytest.mark.parametrize(

@@ -80,6 +80,27 @@ def _same_time_rows(s: dict) -> list[tuple[str, str, str]]:
             + "; ".join(f"{b['best_val']:.4f} / {o['best_val']:.4f}" for b, o in pairs)
             + ")",
             "",
+        ),
+        *_match_rows(s, template, st),
+    ]
+
+
+def _match_rows(s: dict, template: list[dict], st: dict) -> list[tuple[str, str, str]]:
+    """How soon each study first equalled the template-style study's best val."""
+    if "match_speedup" not in st:  # results saved before this was measured
+        return []
+    seeds = zip(template, st["per_seed"], strict=True)
+    each = "; ".join(
+        f"{b['to_best_s']:.0f} / "
+        + ("not reached" if o["to_match_s"] is None else f"{o['to_match_s']:.0f} s")
+        for b, o in seeds
+    )
+    return [
+        (
+            "Time to the template-style study's best val, per seed: template-style (when "
+            "its best trial finished) / ours (1 worker, first trial to equal it)",
+            f"median of the per-seed ratios **{st['match_speedup']:.1f}x** ({each})",
+            "",
         )
     ]
 
