@@ -12,7 +12,7 @@ ARGS ?=
 HOST ?= 127.0.0.1
 PORT ?= 5000
 
-.PHONY: install train sweep worker check tracking-server bench test lint ui clean help
+.PHONY: install train sweep worker check tracking-server bench bench-gpu test lint ui clean help
 
 help:
 	@echo "set up:   make sweep (default study, creates .venv) | make test"
@@ -20,7 +20,7 @@ help:
 	@echo "look:     make ui | optuna-dashboard | report STUDY=name | compare ARGS=\"experiments=[a,b]\""
 	@echo "deploy:   make serve [STUDY=name|MODEL=uri] | predict ARGS=\"model=... input=... output=...\" | rerun RUN=id"
 	@echo "scale:    make tracking-server | worker ARGS=\"storage=postgres tracking=server study.name=...\""
-	@echo "develop:  make lint | bench | clean                    TORCH=\"$(TORCH)\""
+	@echo "develop:  make lint | bench | bench-gpu | clean        TORCH=\"$(TORCH)\""
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -57,6 +57,10 @@ tracking-server: $(STAMP)
 # Benchmarks (30-70 minutes on 2 cores): writes bench/results.md and the README's table.
 bench: $(STAMP)
 	$(BIN)/python -m sweep.benchmarks $(ARGS)
+
+# On a GPU machine (about 10 minutes): the overhead and two seeds' search, bench/gpu.json.
+bench-gpu: $(STAMP)
+	$(BIN)/python -m sweep.benchmarks.gpu $(ARGS)
 
 # MLflow UI over the local store (or MLFLOW_TRACKING_URI's database), on 127.0.0.1 only.
 # One uvicorn worker is plenty for one person (MLflow's default, 4, starts 4 processes),

@@ -262,3 +262,35 @@ def test_tpe_path_kept_predicts_when_optunas_tpe_proposes_the_unpruned_trials() 
         assert predicted == ([t["x"] for t in pruned] == [t["x"] for t in unpruned]), seed
         seen.add(predicted)
     assert seen == {True, False}  # both cases occurred
+
+
+def test_gpu_check_summarises_each_seeds_search() -> None:
+    from sweep.benchmarks.gpu import _search_summary
+
+    def arm(wall: float, best: float) -> dict:
+        return {"wall_s": wall, "best_val": best}
+
+    seeds = [
+        {"seed": 0, "template": arm(120.0, 0.9775), "ours": arm(35.0, 0.9775)},
+        {"seed": 1, "template": arm(118.0, 0.9812), "ours": arm(40.0, 0.9800)},
+        {"seed": 2, "template": arm(100.0, 0.9800), "ours": arm(50.0, 0.9825)},
+    ]
+    summary = _search_summary(20, seeds)
+    assert [round(s["speedup"], 2) for s in summary["per_seed"]] == [3.43, 2.95, 2.0]
+    assert summary["median_speedup"] == pytest.approx(118.0 / 40.0)
+    assert summary["seeds_at_least_template"] == 2  # seed 1 found a lower best val
+    assert summary["n_trials"] == 20
+
+
+def test_gpu_check_names_the_machine_and_command_before_it_measures(tmp_path) -> None:
+    import json
+
+    from sweep.benchmarks.common import cpu_name
+    from sweep.benchmarks.gpu import main
+
+    out = tmp_path / "gpu.json"
+    assert main(["--repetitions", "0", "--seeds", "--out", str(out)]) == 0
+    saved = json.loads(out.read_text())
+    assert cpu_name() in saved["machine"] and "torch" in saved["machine"]
+    assert saved["command"].startswith("python -m sweep.benchmarks.gpu --repetitions 0")
+    assert "overhead" not in saved and "search" not in saved

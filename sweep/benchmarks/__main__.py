@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import re
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from sweep.benchmarks.common import machine
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -39,27 +39,6 @@ def compare_runs_seconds(n_runs: int) -> dict:
         text=True,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def cpu_name() -> str:
-    """The CPU's model name (Linux), else what ``platform`` knows: results differ by CPU."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine() -> str:
-    import torch
-
-    cpu = cpu_name()
-    return (
-        f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}, "
-        f"torch {torch.__version__}, {'CUDA' if torch.cuda.is_available() else 'no GPU'}"
-    )
 
 
 def _same_time_rows(s: dict) -> list[tuple[str, str, str]]:

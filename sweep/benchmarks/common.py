@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import platform
 import statistics
 import tempfile
 from collections.abc import Iterator
@@ -37,3 +38,25 @@ def trial_seconds(study) -> list[float]:
         for t in study.trials
         if t.datetime_complete and t.datetime_start
     ]
+
+
+def cpu_name() -> str:
+    """The CPU's model name (Linux), else what ``platform`` knows: results differ by CPU."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine() -> str:
+    """The machine a result was measured on: cores, CPU, Python, torch and the GPU."""
+    import torch
+
+    gpu = f"GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "no GPU"
+    return (
+        f"{os.cpu_count()} cores ({cpu_name()}), Python {platform.python_version()}, "
+        f"torch {torch.__version__}, {gpu}"
+    )
