@@ -27,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1], help="search seeds")
     parser.add_argument("--trials", type=int, default=20, help="trials per search")
     parser.add_argument("--out", type=Path, default=Path("bench/gpu.json"), help="JSON file")
+    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
 
     import torch
@@ -36,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
 
     results: dict[str, Any] = {
         "machine": machine(),
-        "command": "python -m sweep.benchmarks.gpu " + " ".join(argv or sys.argv[1:]),
+        "command": " ".join(["python -m sweep.benchmarks.gpu", *argv]),
         "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
 
