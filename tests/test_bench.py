@@ -294,3 +294,65 @@ def test_gpu_check_names_the_machine_and_command_before_it_measures(tmp_path) ->
     assert cpu_name() in saved["machine"] and "torch" in saved["machine"]
     assert saved["command"].startswith("python -m sweep.benchmarks.gpu --repetitions 0")
     assert "overhead" not in saved and "search" not in saved
+
+
+class _Steps:
+    """Stand-ins for a trial's objective and one of its steps."""
+
+    def objective(self) -> None:
+        self.step()
+
+    def step(self) -> None:
+        pass
+
+
+def test_breakdown_times_steps_inside_the_objective_only_and_unwraps_them() -> None:
+    from sweep.benchmarks import breakdown
+
+    steps = (
+        (breakdown.GATE, __name__, "_Steps.objective"),
+        ("step", __name__, "_Steps.step"),
+    )
+    original = _Steps.__dict__["step"]
+    totals: dict[str, float] = {}
+    with breakdown.timers(totals, steps):
+        assert _Steps.__dict__["step"] is not original
+        _Steps().step()  # outside a trial: the study's own work
+        assert totals == {}
+        _Steps().objective()
+    assert set(totals) == {breakdown.GATE, "step"}
+    assert 0 < totals["step"] <= totals[breakdown.GATE]
+    assert _Steps.__dict__["step"] is original
+
+
+def test_breakdown_parts_add_up_to_the_trial() -> None:
+    from sweep.benchmarks.breakdown import groups
+
+    steps = {
+        "fit": 1000.0,
+        "training_steps": 800.0,
+        "report": 20.0,
+        "should_prune": 10.0,
+        "callbacks": 5.0,
+        "user_attrs": 3.0,
+        "log_model": 50.0,
+        "batched_writes": 30.0,
+    }
+    parts = groups(steps, trial_ms=1200.0)
+    assert parts["rest_of_fit"] == 1000 - 800 - 20 - 10 - 5
+    assert parts["optuna"] == 33 and parts["mlflow"] == 80
+    assert sum(parts.values()) == 1200.0
+
+
+def test_render_shows_where_the_trials_time_goes_when_measured() -> None:
+    assert "Where that trial's time goes" not in render(RESULTS)
+    names = ("training_steps", "rest_of_fit", "optuna", "callbacks", "mlflow", "other")
+    ms = {
+        **{f"part.{n}": v for n, v in zip(names, (1800, 200, 40, 5, 130, 125), strict=True)},
+        "step.log_model": 60,
+        "trial": 2300,
+        "hand": 2000,
+        "hand_training_steps": 1750,
+    }
+    results = {**RESULTS, "overhead": {**RESULTS["overhead"], "breakdown": {"rounds": 3, "ms": ms}}}
+    assert "2300 = 1800 + 200 + 40 + 5 + 130 (the model 60) + 125; 2000 (1750)" in render(results)

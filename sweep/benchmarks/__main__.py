@@ -84,6 +84,27 @@ def _match_rows(s: dict, template: list[dict], st: dict) -> list[tuple[str, str,
     ]
 
 
+def _breakdown_rows(overhead: dict) -> list[tuple[str, str, str]]:
+    """Where the overhead benchmark's trial spends its time, when it was measured."""
+    b = overhead.get("breakdown")
+    if not b:
+        return []
+    ms = b["ms"]
+    return [
+        (
+            "Where that trial's time goes, ms (timers on its steps, mean of "
+            f"{b['rounds']} more rounds): trial = training steps + rest of `fit` + Optuna + "
+            "our callbacks + MLflow + other; hand loop (its training steps)",
+            f"{ms['trial']:.0f} = {ms['part.training_steps']:.0f} + "
+            f"{ms['part.rest_of_fit']:.0f} + {ms['part.optuna']:.0f} + "
+            f"{ms['part.callbacks']:.0f} + {ms['part.mlflow']:.0f} (the model "
+            f"{ms.get('step.log_model', 0):.0f}) + {ms['part.other']:.0f}; "
+            f"{ms['hand']:.0f} ({ms['hand_training_steps']:.0f})",
+            "",
+        )
+    ]
+
+
 def render(results: dict) -> str:
     o, s, w, c = (results[k] for k in ("overhead", "search", "workers", "compare"))
     so, sp, sb = s["ours"], s["ours_2_workers"], s["baseline"]
@@ -105,6 +126,7 @@ def render(results: dict) -> str:
             f"({o['ratio_nomodel_range'][0]:.2f}-{o['ratio_nomodel_range'][1]:.2f})",
             "<= 1.15x",
         ),
+        *_breakdown_rows(o),
         (
             f"Search, {s['n_trials']} trials, default space: wall time, template-style / "
             f"ours (1 worker; 2 workers), median of {len(s.get('seeds', [0]))} sampler seeds",

@@ -9,8 +9,10 @@ the MLflow child run (params, per-epoch curves, test scores) and the logged mode
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +29,10 @@ OVERRIDES = [
 ]
 
 
-def hand_loop(dataset: Any, cfg: Any) -> float:
-    """Seconds for a plain PyTorch loop doing the trial's work (no tracking)."""
+def hand_loop(dataset: Any, cfg: Any, split: dict[str, float] | None = None) -> float:
+    """Seconds for a plain PyTorch loop doing the trial's work (no tracking). With
+    ``split``, the seconds of its training steps are added to ``split["training_steps"]``
+    (two clock reads an epoch)."""
     import torch
     from torch.nn import functional as F
 
@@ -49,6 +53,7 @@ def hand_loop(dataset: Any, cfg: Any) -> float:
     bs, best, best_state = int(cfg.data.batch_size), -1.0, None
     for _ in range(EPOCHS):
         net.train()
+        epoch_started = time.perf_counter()
         order = torch.randperm(len(x), generator=gen).to(device)
         for start in range(0, len(x), bs):
             idx = order[start : start + bs]
@@ -56,6 +61,10 @@ def hand_loop(dataset: Any, cfg: Any) -> float:
             opt.zero_grad()
             loss.backward()
             opt.step()
+        if split is not None:
+            split["training_steps"] = (
+                split.get("training_steps", 0.0) + time.perf_counter() - epoch_started
+            )
         net.eval()
         with torch.no_grad():
             out = net(xv)
@@ -79,14 +88,12 @@ def _next_trial(overrides: list[str], count: int) -> float:
     return trial_seconds(study)[-1]
 
 
-def run(repetitions: int = 5) -> dict[str, Any]:
-    """Interleaved: a hand loop, a platform trial, a trial without the logged model, again
-    and again; ratios are medians of each round's pair, so a machine that slows down or
-    speeds up over the minutes (measured here: +-20%) affects both sides alike."""
-    import torch
-
+@contextlib.contextmanager
+def point_study() -> Iterator[tuple[Any, Any, list[str], list[str]]]:
+    """A private store and two studies of one point (every trial trains the hand loop's
+    config), each warmed up by a first trial: yields the run config, the data, and the
+    overrides of the study with the logged model and of the one without."""
     from sweep.config import compose, run_part
-    from sweep.optuna_parts import env_threads
     from sweep.train import load_data
 
     cfg = run_part(compose("sweep", OVERRIDES))
@@ -94,19 +101,41 @@ def run(repetitions: int = 5) -> dict[str, Any]:
     with workdir("overhead") as tmp:
         search = Path(tmp) / "conf" / "search"
         search.mkdir(parents=True)
-        # One point: every trial trains the same config as the hand loop.
         (search / "point.yaml").write_text("optimizer.lr: {type: categorical, choices: [0.003]}\n")
         common = [*OVERRIDES, f"hydra.searchpath=[file://{tmp}/conf]", "search=point"]
         full = [*common, "sampler=random", "study.name=full"]
         lean = [*common, "sampler=random", "study.name=lean", "tracking.log_model=false"]
         # Warm-up: first calls pay one-off costs (imports, the store's schema, caches).
         _next_trial(full, 1), _next_trial(lean, 1)
+        yield cfg, dataset, full, lean
+
+
+def run(repetitions: int = 5, breakdown_rounds: int = 3) -> dict[str, Any]:
+    """Interleaved: a hand loop, a platform trial, a trial without the logged model, again
+    and again; ratios are medians of each round's pair, so a machine that slows down or
+    speeds up over the minutes (measured here: +-20%) affects both sides alike. Then
+    ``breakdown_rounds`` more pairs with timers on the trial's steps (see
+    :mod:`sweep.benchmarks.breakdown`), apart from the ratio's rounds."""
+    import torch
+
+    from sweep.benchmarks import breakdown
+    from sweep.optuna_parts import env_threads
+
+    with point_study() as (cfg, dataset, full, lean):
         hand, trial, trial_lean = [], [], []
         for i in range(repetitions):
             torch.set_num_threads(env_threads(1))  # what a single worker's trials use
             hand.append(hand_loop(dataset, cfg))
             trial.append(_next_trial(full, i + 2))
             trial_lean.append(_next_trial(lean, i + 2))
+        steps = None
+        if breakdown_rounds:
+            steps = breakdown.measure(
+                hand=lambda split: hand_loop(dataset, cfg, split),
+                trial=lambda count: _next_trial(full, count),
+                first=repetitions + 2,
+                rounds=breakdown_rounds,
+            )
     return {
         "epochs": EPOCHS,
         "hand_s": median(hand),
@@ -118,6 +147,7 @@ def run(repetitions: int = 5) -> dict[str, Any]:
         "ratio_nomodel_range": [round(min(lean), 3), round(max(lean), 3)],
         "repetitions": repetitions,
         "threads": torch.get_num_threads(),
+        **({"breakdown": steps} if steps else {}),
     }
 
 
