@@ -284,6 +284,9 @@ def build_storage(url: str, heartbeat_interval: int | None = None, grace_period:
         ) from None
 
 
-def env_threads(n_workers: int) -> int:
-    """Torch threads per local worker: the cores split between workers."""
+def env_threads(n_workers: int, threads: int | str = "auto") -> int:
+    """Torch threads per local worker: ``threads`` if set, else the cores split between
+    the workers."""
+    if threads != "auto":
+        return int(threads)
     return max(1, (os.cpu_count() or 1) // max(1, n_workers))

@@ -58,6 +58,7 @@ class StudySpec:
     seed: int
     n_workers: int
     max_repeated_failures: int
+    threads: int  # torch threads in each worker process
     params: list[Param]
     storage_url: str
     task: str
@@ -81,7 +82,7 @@ def prepare(overrides: list[str], check_space: bool = True) -> StudySpec:
     ``check_space=False`` skips composing every option of the search space (~0.7 s), for
     the workers ``sweep tune`` starts after it has checked the same overrides itself."""
     from sweep.champion import check_settings
-    from sweep.optuna_parts import build_pruner, build_sampler, storage_url
+    from sweep.optuna_parts import build_pruner, build_sampler, env_threads, storage_url
     from sweep.train import load_data, monitor_of
 
     cfg = config_mod.compose("sweep", overrides)
@@ -103,6 +104,7 @@ def prepare(overrides: list[str], check_space: bool = True) -> StudySpec:
     monitor, mode = monitor_of(cfg, dataset.task)
     metrics = _objectives(study.metrics, monitor, mode, dataset.task)
     n_workers = resolve_workers(study.n_workers)
+    threads = env_threads(n_workers, study.get("threads", "auto"))
     build_sampler(cfg.sampler, params, int(study.seed), n_workers, len(metrics))
     build_pruner(cfg.pruner, int(cfg.trainer.max_epochs), len(metrics))
     check_settings(cfg.get("champion"))
@@ -121,6 +123,7 @@ def prepare(overrides: list[str], check_space: bool = True) -> StudySpec:
         seed=int(study.seed),
         n_workers=n_workers,
         max_repeated_failures=int(study.max_repeated_failures),
+        threads=threads,
         params=params,
         storage_url=storage_url(cfg.storage),
         task=dataset.task,
@@ -130,7 +133,16 @@ def prepare(overrides: list[str], check_space: bool = True) -> StudySpec:
 
 
 def _check_study_block(study: DictConfig) -> None:
-    known = {"name", "metrics", "n_trials", "timeout", "seed", "n_workers", "max_repeated_failures"}
+    known = {
+        "name",
+        "metrics",
+        "n_trials",
+        "timeout",
+        "seed",
+        "n_workers",
+        "threads",
+        "max_repeated_failures",
+    }
     for key in study:
         if key not in known:
             raise ConfigError(f"study.{key}: unknown key; known keys: {', '.join(sorted(known))}")
@@ -143,6 +155,8 @@ def _check_study_block(study: DictConfig) -> None:
         config_mod.Rule("float", low=0, low_open=True).check("study.timeout", study.timeout)
     if study.n_workers != "auto":
         config_mod.INT1.check("study.n_workers", study.n_workers)
+    if study.get("threads", "auto") != "auto":
+        config_mod.INT1.check("study.threads", study.threads)
 
 
 def resolve_workers(value: Any) -> int:
@@ -309,6 +323,7 @@ def _study_settings(spec: StudySpec) -> dict[str, Any]:
         "study.seed": spec.seed,
         "study.timeout": spec.timeout,
         "study.n_workers": spec.n_workers,
+        "study.threads": spec.threads,
         "study.metrics": ",".join(f"{m}:{d}" for m, d in spec.metrics),
         "storage": redact(spec.storage_url),
         **{f"sampler.{k}": v for k, v in config_mod.flatten(spec.cfg.sampler).items()},
@@ -539,10 +554,9 @@ def optimize(study, spec: StudySpec, parent_run_id: str, progress=None) -> StopO
     import torch
 
     from sweep.budget import TrialBudget, make_lock
-    from sweep.optuna_parts import env_threads
 
     threads = torch.get_num_threads()
-    torch.set_num_threads(env_threads(spec.n_workers))
+    torch.set_num_threads(spec.threads)
     budget = TrialBudget(spec.n_trials, make_lock(spec.storage_url, spec.name))
     failures = StopOnRepeatedFailure(spec.max_repeated_failures)
     callbacks = [failures, ParentRunLogger(parent_run_id, spec.multi_objective)]

@@ -219,15 +219,13 @@ def gpu_ids() -> list[str]:
         return []
 
 
-def worker_env(index: int, n_workers: int, gpus: list[str]) -> dict[str, str]:
-    """The environment of worker ``index``: one GPU per worker (round robin) and the CPU
-    cores split between workers. Worker 0 is the process that starts the others: it sees
-    every GPU and Lightning's ``devices: 1`` puts it on the first visible one."""
-    from sweep.optuna_parts import env_threads
-
+def worker_env(index: int, threads: int, gpus: list[str]) -> dict[str, str]:
+    """The environment of worker ``index``: one GPU per worker (round robin) and
+    ``threads`` CPU threads (``study.threads``: by default the cores split between the
+    workers). Worker 0 is the process that starts the others: it sees every GPU and
+    Lightning's ``devices: 1`` puts it on the first visible one."""
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_RUN_ID"}  # mlflow #15713
-    threads = str(env_threads(n_workers))
-    env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+    env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     env[WORKER_INDEX_ENV] = str(index)
     if gpus:
         env["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
@@ -245,7 +243,7 @@ def start_local_workers(spec, wait: bool = False) -> list[subprocess.Popen]:
     command = [sys.executable, "-m", "sweep", "worker", *spec.overrides]
     procs = []
     for i in range(1, spec.n_workers):
-        env = worker_env(i, spec.n_workers, gpus)
+        env = worker_env(i, spec.threads, gpus)
         if wait:
             env[WAIT_ENV] = "1"
         stdin = subprocess.PIPE if wait else None

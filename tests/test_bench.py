@@ -356,3 +356,20 @@ def test_render_shows_where_the_trials_time_goes_when_measured() -> None:
     }
     results = {**RESULTS, "overhead": {**RESULTS["overhead"], "breakdown": {"rounds": 3, "ms": ms}}}
     assert "2300 = 1800 + 200 + 40 + 5 + 130 (the model 60) + 125; 2000 (1750)" in render(results)
+
+
+def test_render_compares_the_two_worker_arm_with_the_template_at_one_thread() -> None:
+    assert "one torch thread" not in render(RESULTS)
+    one = {
+        "n_trials": 20,
+        "seeds": [0, 1, 2],
+        "threads": 1,
+        "baseline": _search_arm([400, 420, 410], [0.975, 0.972, 0.99]),
+        "ours": _search_arm([150, 160, 155], [0.975, 0.97, 0.99]),
+    }
+    table = render({**RESULTS, "search_1_thread": one})
+    row = next(line for line in table.splitlines() if "one torch thread" in line)
+    # Two workers (the search row's): 0.975, 0.972, 0.99 per seed, all at least the template.
+    assert "0.9750 / 0.9750 (0.9750); 0.9720 / 0.9700 (0.9720); 0.9900 / 0.9900 (0.9900)" in row
+    assert "ours >= template on 2 (3) of 3 seeds" in row
+    assert "wall time 410 s / 155 s" in row

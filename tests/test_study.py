@@ -48,13 +48,23 @@ def _custom_search(tmp_path: Path, name: str, text: str) -> str:
 def test_study_end_to_end_trials_runs_parent_and_champion(tracked, tmp_path):
     import mlflow
     import numpy as np
+    import torch
     from mlflow.tracking import MlflowClient
 
     from sweep.check import check
 
+    threads = torch.get_num_threads()
     summary = _tune(
-        [*BASE, "study.name=e2e", "study.n_trials=5", "champion.k=2", "champion.seeds=2"]
+        [
+            *BASE,
+            "study.name=e2e",
+            "study.n_trials=5",
+            "champion.k=2",
+            "champion.seeds=2",
+            "study.threads=1",
+        ]
     )
+    assert torch.get_num_threads() == threads  # the process's own again after the trials
     study = _study("e2e")
     finished = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
     assert len(finished) == 5
@@ -71,6 +81,7 @@ def test_study_end_to_end_trials_runs_parent_and_champion(tracked, tmp_path):
         assert run.data.tags["trial.number"] == str(trial.number)
         assert run.data.tags["mlflow.parentRunId"] == parent_id
         assert run.data.tags["sampler"] == "tpe"
+        assert run.data.tags["device"] == "cpu (1 threads)"  # study.threads
         for key, value in trial.params.items():
             tagged = run.data.tags[f"param.{key}"]
             assert float(tagged) == pytest.approx(value, rel=1e-12)
@@ -88,6 +99,7 @@ def test_study_end_to_end_trials_runs_parent_and_champion(tracked, tmp_path):
     parent = client.get_run(parent_id)
     assert parent.info.status == "FINISHED"
     assert parent.data.params["sampler.name"] == "tpe"
+    assert parent.data.params["study.threads"] == "1"
     best_curve = client.get_metric_history(parent_id, "best_value")
     assert len(best_curve) == 5 and best_curve[-1].value == pytest.approx(study.best_value)
     artifacts = {a.path for a in client.list_artifacts(parent_id)}
@@ -504,6 +516,8 @@ def test_bad_search_spaces_fail_before_any_trial(tracked, tmp_path, space, messa
         ("pruner=asha", "pruner=asha: unknown option"),
         ("sampler.n_startup_trials=abc", "sampler.n_startup_trials"),
         ("study.n_trials=0", "study.n_trials=0"),
+        ("study.threads=0", "study.threads=0"),
+        ("study.threads=many", "study.threads='many'"),
         ("study.metrics=[val/r2]", "unknown metric 'val/r2'"),
     ],
 )

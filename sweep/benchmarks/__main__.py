@@ -105,6 +105,37 @@ def _breakdown_rows(overhead: dict) -> list[tuple[str, str, str]]:
     ]
 
 
+def _one_thread_rows(results: dict) -> list[tuple[str, str, str]]:
+    """The search at one torch thread per trial (the two-worker arm's rounding)."""
+    one, two = results.get("search_1_thread"), results["search"]["ours_2_workers"]
+    if not one:
+        return []
+    seeds = one["seeds"]
+    arms = (one["baseline"]["per_seed"], one["ours"]["per_seed"], two.get("per_seed", []))
+    if len(arms[2]) != len(seeds):
+        return []
+    each = "; ".join(
+        f"{b['best_val']:.4f} / {o['best_val']:.4f} ({p['best_val']:.4f})"
+        for b, o, p in zip(*arms, strict=True)
+    )
+    at_least = [
+        sum(a["best_val"] >= b["best_val"] for a, b in zip(arm, arms[0], strict=True))
+        for arm in arms[1:]
+    ]
+    return [
+        (
+            "Best val acc at one torch thread per trial, as each of 2 workers trains (a config "
+            "scores slightly differently on 1 and 2 threads), per sampler seed "
+            f"({', '.join(map(str, seeds))}): template-style / ours (1 worker; 2 workers, "
+            "the row above's)",
+            f"{each}; ours >= template on {at_least[0]} ({at_least[1]}) of {len(seeds)} seeds; "
+            f"wall time {one['baseline']['wall_s']:.0f} s / {one['ours']['wall_s']:.0f} s "
+            f"(median)",
+            "ours >= template",
+        )
+    ]
+
+
 def render(results: dict) -> str:
     o, s, w, c = (results[k] for k in ("overhead", "search", "workers", "compare"))
     so, sp, sb = s["ours"], s["ours_2_workers"], s["baseline"]
@@ -153,6 +184,7 @@ def render(results: dict) -> str:
             per_seed("{b[best_val]:.4f} / {o[best_val]:.4f} ({p[best_val]:.4f})"),
             "",
         ),
+        *_one_thread_rows(results),
         (
             "Wall time per sampler seed: template-style / ours (1; 2)",
             per_seed("{b[wall_s]:.0f} / {o[wall_s]:.0f} ({p[wall_s]:.0f}) s"),
@@ -239,7 +271,8 @@ def main() -> int:
     parser.add_argument(
         "--only",
         help="comma-separated phases to run again (help_s, overhead, workers, search, "
-        "pruners, compare, storage); the others keep their results from bench/results.json",
+        "search_1_thread, pruners, compare, storage); the others keep their results from "
+        "bench/results.json",
     )
     args = parser.parse_args()
     from sweep.benchmarks import overhead, pruners, search, storage, workers
@@ -250,6 +283,9 @@ def main() -> int:
         "overhead": lambda: overhead.run(reps),
         "workers": lambda: workers.run(n_workers),
         "search": lambda: search.run(n_search, seeds=(0,) if args.quick else (0, 1, 2, 3, 4)),
+        "search_1_thread": lambda: search.run_one_thread(
+            n_search, seeds=(0,) if args.quick else (0, 1, 2, 3, 4)
+        ),
         "pruners": lambda: pruners.run(n_search, seeds=(0,) if args.quick else (0, 1, 2, 3, 4)),
         "compare": lambda: compare_runs_seconds(n_runs),
         "storage": lambda: storage.run(4, 25 if args.quick else 100),
