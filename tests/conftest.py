@@ -79,8 +79,11 @@ def cli_env(uri: str | None) -> dict[str, str]:
     return env
 
 
-def start_cli(*args: str, cwd: Path, uri: str | None = None) -> subprocess.Popen:
-    """Start ``python -m sweep ARGS`` in ``cwd`` with ``MLFLOW_TRACKING_URI=uri``."""
+def start_cli(
+    *args: str, cwd: Path, uri: str | None = None, cores: set[int] | None = None
+) -> subprocess.Popen:
+    """Start ``python -m sweep ARGS`` in ``cwd`` with ``MLFLOW_TRACKING_URI=uri``; with
+    ``cores``, on those CPU cores only (its affinity mask, inherited by its workers)."""
     return subprocess.Popen(
         [sys.executable, "-m", "sweep", *args],
         cwd=cwd,
@@ -88,6 +91,7 @@ def start_cli(*args: str, cwd: Path, uri: str | None = None) -> subprocess.Popen
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=(lambda: os.sched_setaffinity(0, cores)) if cores else None,
     )
 
 

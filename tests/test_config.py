@@ -308,3 +308,36 @@ def test_a_bad_tracking_uri_from_the_environment_is_one_line(capsys, tmp_path, m
     err = capsys.readouterr().err
     assert err.startswith("error: MLFLOW_TRACKING_URI: unknown scheme 'foo://'")
     assert "secret" not in err and len(err.strip().splitlines()) == 1
+
+
+# -- study.n_workers=auto, study.threads=auto ----------------------------------------------
+@pytest.fixture
+def three_cores(monkeypatch):
+    """A machine whose process may use 3 CPU cores and shows no MPS device."""
+    import os
+
+    import sweep.study
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 2, 5}, raising=False)
+    monkeypatch.setattr(sweep.study, "_mps_available", lambda: False)
+
+
+@pytest.mark.parametrize(
+    ("visible", "accelerator", "workers"),
+    [
+        ("", "auto", 3),  # no GPU: one per usable core
+        ("0,1", "auto", 2),  # one per visible GPU
+        ("0,1", "gpu", 2),
+        ("0,1", "cpu", 3),  # training on the CPU: the cores, whatever GPUs there are
+    ],
+)
+def test_auto_workers_are_one_per_gpu_else_one_per_usable_core(
+    three_cores, monkeypatch, visible, accelerator, workers
+):
+    from sweep.optuna_parts import env_threads
+    from sweep.study import resolve_workers
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    assert resolve_workers("auto", accelerator) == workers
+    assert resolve_workers(4, accelerator) == 4  # a number is taken as given
+    assert env_threads(3) == 1 and env_threads(1) == 3 and env_threads(2, 2) == 2

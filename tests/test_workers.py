@@ -158,7 +158,10 @@ def test_four_local_workers_share_the_embedded_journal_storage(tracked, tmp_path
 
 
 def test_two_workers_walk_a_conditional_grid_each_point_once(tracked, tmp_path):
-    """Each worker's grid sampler proposes a point only once the others' are stored."""
+    """Each worker's grid sampler proposes a point only once the others' are stored.
+    ``study.n_workers=auto`` on two CPU cores: two workers of one torch thread each."""
+    if not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs two CPU cores and affinity masks (Linux)")
     folder = tmp_path / "myconf" / "search"
     folder.mkdir(parents=True)
     (folder / "cgrid.yaml").write_text(
@@ -168,8 +171,10 @@ def test_two_workers_walk_a_conditional_grid_each_point_once(tracked, tmp_path):
         "optimizer.lr: {type: categorical, choices: [0.003, 0.01]}\n"
     )
     extra = [f"hydra.searchpath=[file://{tmp_path / 'myconf'}]", "search=cgrid", "sampler=grid"]
-    args = ["tune", *QUICK, *extra, "study.name=cgrid2", "study.n_trials=20", "study.n_workers=2"]
-    proc = start_cli(*args, cwd=tmp_path, uri=tracked)
+    args = ["tune", *QUICK, *extra, "study.name=cgrid2", "study.n_trials=20"]
+    args.append("study.n_workers=auto")
+    cores = set(sorted(os.sched_getaffinity(0))[:2])
+    proc = start_cli(*args, cwd=tmp_path, uri=tracked, cores=cores)
     _out, err = proc.communicate(timeout=400)
     assert proc.returncode == 0, err[-3000:]
     study = _assert_complete("cgrid2", 10, extra)  # (3 mlp + 2 cnn) x 2 lr, not 20
@@ -177,6 +182,12 @@ def test_two_workers_walk_a_conditional_grid_each_point_once(tracked, tmp_path):
     assert len(set(points)) == len(points) == 10
     # `sweep tune` is worker 0: it ran trials itself while its worker process imported.
     assert f"{platform.node()}:{proc.pid}" in {t.user_attrs["worker"] for t in study.trials}
+    runs = _all_runs("cgrid2")
+    (parent,) = [r for r in runs if r.data.tags.get("sweep.role") == "study"]
+    assert parent.data.params["study.n_workers"] == "2"
+    assert parent.data.params["study.threads"] == "1"
+    trials = [r for r in runs if r.data.tags.get("sweep.role") == "trial"]
+    assert {r.data.tags["device"] for r in trials} == {"cpu (1 threads)"}
 
 
 @pytest.mark.postgres
