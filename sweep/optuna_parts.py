@@ -284,19 +284,11 @@ def build_storage(url: str, heartbeat_interval: int | None = None, grace_period:
         ) from None
 
 
-def usable_cores() -> int:
-    """The CPU cores this process may run on: its affinity mask, which ``taskset``,
-    container CPU sets and batch schedulers narrow (``os.cpu_count()`` counts the
-    machine's)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # macOS, Windows: no affinity masks
-        return os.cpu_count() or 1
-
-
 def env_threads(n_workers: int, threads: int | str = "auto") -> int:
     """Torch threads per local worker: ``threads`` if set, else the usable cores split
     between the workers."""
+    from sweep.workers import usable_cores
+
     if threads != "auto":
         return int(threads)
     return max(1, usable_cores() // max(1, n_workers))

@@ -103,7 +103,7 @@ def prepare(overrides: list[str], check_space: bool = True) -> StudySpec:
     dataset = load_data(cfg)  # bad data fails here, before any study or run exists
     monitor, mode = monitor_of(cfg, dataset.task)
     metrics = _objectives(study.metrics, monitor, mode, dataset.task)
-    n_workers = resolve_workers(study.n_workers, str(cfg.trainer.accelerator))
+    n_workers = resolve_workers(study.n_workers, str(cfg.trainer.accelerator), dataset.nbytes)
     threads = env_threads(n_workers, study.get("threads", "auto"))
     build_sampler(cfg.sampler, params, int(study.seed), n_workers, len(metrics))
     build_pruner(cfg.pruner, int(cfg.trainer.max_epochs), len(metrics))
@@ -159,16 +159,17 @@ def _check_study_block(study: DictConfig) -> None:
         config_mod.INT1.check("study.threads", study.threads)
 
 
-def resolve_workers(value: Any, accelerator: str = "auto") -> int:
+def resolve_workers(value: Any, accelerator: str = "auto", data_bytes: int = 0) -> int:
     """``auto``: one worker per visible GPU; where trials train on the CPU (no GPU, or
     ``trainer.accelerator=cpu``), one per CPU core this process may use, each on one torch
-    thread unless ``study.threads`` says otherwise; one on Apple's MPS (a single device).
+    thread unless ``study.threads`` says otherwise, as many as the available memory holds
+    (each worker holds the data, ``data_bytes``, beside its own ~1 GB); one on Apple's MPS
+    (a single device).
 
     One core per process suits the small models a sweep trains: a model's step spreads
     poorly over threads (measured on 2 cores: two one-thread workers finish 1.88x the
     trials per minute of one two-thread worker)."""
-    from sweep.optuna_parts import usable_cores
-    from sweep.workers import gpu_ids
+    from sweep.workers import gpu_ids, usable_cores, workers_memory_allows
 
     if value != "auto":
         return int(value)
@@ -177,7 +178,8 @@ def resolve_workers(value: Any, accelerator: str = "auto") -> int:
             return gpus
         if accelerator == "mps" or _mps_available():
             return 1
-    return usable_cores()
+    fits = workers_memory_allows(data_bytes)
+    return usable_cores() if fits is None else min(usable_cores(), fits)
 
 
 def _mps_available() -> bool:

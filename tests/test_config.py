@@ -311,14 +311,19 @@ def test_a_bad_tracking_uri_from_the_environment_is_one_line(capsys, tmp_path, m
 
 
 # -- study.n_workers=auto, study.threads=auto ----------------------------------------------
+GIB = 1 << 30
+
+
 @pytest.fixture
 def three_cores(monkeypatch):
-    """A machine whose process may use 3 CPU cores and shows no MPS device."""
+    """A machine whose process may use 3 CPU cores, with 64 GiB free and no MPS device."""
     import os
 
     import sweep.study
+    import sweep.workers
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 2, 5}, raising=False)
+    monkeypatch.setattr(sweep.workers, "available_memory", lambda: 64 * GIB)
     monkeypatch.setattr(sweep.study, "_mps_available", lambda: False)
 
 
@@ -341,3 +346,33 @@ def test_auto_workers_are_one_per_gpu_else_one_per_usable_core(
     assert resolve_workers("auto", accelerator) == workers
     assert resolve_workers(4, accelerator) == 4  # a number is taken as given
     assert env_threads(3) == 1 and env_threads(1) == 3 and env_threads(2, 2) == 2
+
+
+def test_auto_cpu_workers_are_as_many_as_the_free_memory_holds(three_cores, monkeypatch):
+    import sweep.workers
+    from sweep.study import resolve_workers
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    monkeypatch.setattr(sweep.workers, "available_memory", lambda: int(2.5 * GIB))
+    assert resolve_workers("auto", data_bytes=0) == 2  # 1 GiB each
+    assert resolve_workers("auto", data_bytes=GIB) == 1  # and the data in each
+    assert resolve_workers("auto", data_bytes=10 * GIB) == 1  # never none
+    monkeypatch.setattr(sweep.workers, "available_memory", lambda: None)
+    assert resolve_workers("auto", data_bytes=10 * GIB) == 3  # unknown: the cores
+
+
+def test_workers_started_by_tune_get_the_resolved_numbers_not_auto(monkeypatch):
+    """A worker resolving `auto` itself would count the memory with the others' taken."""
+    import subprocess
+    from types import SimpleNamespace
+
+    import sweep.workers
+
+    started = []
+    monkeypatch.setattr(subprocess, "Popen", lambda command, **kw: started.append(command))
+    monkeypatch.setattr(sweep.workers, "gpu_ids", lambda: [])
+    spec = SimpleNamespace(overrides=["study.n_workers=auto", "seed=3"], n_workers=3, threads=1)
+    sweep.workers.start_local_workers(spec)
+    assert len(started) == 2
+    for command in started:
+        assert command[-3:] == ["seed=3", "study.n_workers=3", "study.threads=1"]

@@ -121,6 +121,12 @@ class Dataset:
     def num_outputs(self) -> int:
         return len(self.preprocessor.classes or []) if self.task == CLASSIFICATION else 1
 
+    @property
+    def nbytes(self) -> int:
+        """The splits' memory (inputs and targets)."""
+        splits = (self.x_train, self.y_train, self.x_val, self.y_val, self.x_test, self.y_test)
+        return sum(int(a.nbytes) for a in splits)
+
     def shape_info(self) -> dict[str, Any]:
         return {
             "n_train": len(self.x_train),
