@@ -54,7 +54,7 @@ check: $(STAMP)
 tracking-server: $(STAMP)
 	$(BIN)/sweep tracking-server $(ARGS)
 
-# Benchmarks (30-70 minutes on 2 cores): writes bench/results.md and the README's table.
+# Benchmarks (50-95 minutes on 2 cores): writes bench/results.md and the README's table.
 bench: $(STAMP)
 	$(BIN)/python -m sweep.benchmarks $(ARGS)
 
