@@ -167,7 +167,7 @@ def resolve_workers(value: Any, accelerator: str = "auto", data_bytes: int = 0) 
     (a single device).
 
     One core per process suits the small models a sweep trains: a model's step spreads
-    poorly over threads (measured on 2 cores: two one-thread workers finish 1.88x the
+    poorly over threads (measured on 2 cores: two one-thread workers finish 1.85-1.88x the
     trials per minute of one two-thread worker)."""
     from sweep.workers import gpu_ids, usable_cores, workers_memory_allows
 
