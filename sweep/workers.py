@@ -222,19 +222,24 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def available_memory() -> int | None:
-    """Bytes this machine can still give processes (Linux's MemAvailable), less where a
-    cgroup (a container) allows less; None where neither can be read."""
+def available_memory(
+    meminfo: Path = Path("/proc/meminfo"), cgroup: Path = Path("/sys/fs/cgroup")
+) -> int | None:
+    """Bytes this machine can still give processes (Linux's MemAvailable), less where this
+    process's cgroup (a container) allows less; None where neither can be read."""
     found = []
     with contextlib.suppress(OSError, ValueError, StopIteration):
-        with open("/proc/meminfo") as f:
+        with meminfo.open() as f:
             line = next(x for x in f if x.startswith("MemAvailable:"))
         found.append(int(line.split()[1]) * 1024)
-    with contextlib.suppress(OSError, ValueError):
-        cgroup = Path("/sys/fs/cgroup")
-        limit = (cgroup / "memory.max").read_text().strip()
-        if limit != "max":
-            found.append(int(limit) - int((cgroup / "memory.current").read_text()))
+    for limit, usage in (  # cgroup v2, then v1
+        ("memory.max", "memory.current"),
+        ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes"),
+    ):
+        with contextlib.suppress(OSError, ValueError):
+            cap = (cgroup / limit).read_text().strip()
+            if cap != "max" and int(cap) < 1 << 60:  # v1 writes "no limit" as ~2**63
+                found.append(int(cap) - int((cgroup / usage).read_text()))
     return min(found) if found else None
 
 

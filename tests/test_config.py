@@ -376,3 +376,21 @@ def test_workers_started_by_tune_get_the_resolved_numbers_not_auto(monkeypatch):
     assert len(started) == 2
     for command in started:
         assert command[-3:] == ["seed=3", "study.n_workers=3", "study.threads=1"]
+
+
+def test_available_memory_is_the_least_of_the_machine_and_its_cgroup(tmp_path):
+    from sweep.workers import available_memory
+
+    meminfo, cgroup = tmp_path / "meminfo", tmp_path / "cgroup"
+    assert available_memory(meminfo, cgroup) is None  # nothing to read: unknown
+    meminfo.write_text("MemTotal:       32000000 kB\nMemAvailable:    8000000 kB\n")
+    assert available_memory(meminfo, cgroup) == 8_000_000 * 1024
+    (cgroup / "memory").mkdir(parents=True)
+    (cgroup / "memory" / "memory.limit_in_bytes").write_text("9223372036854771712\n")
+    (cgroup / "memory" / "memory.usage_in_bytes").write_text("1000\n")
+    assert available_memory(meminfo, cgroup) == 8_000_000 * 1024  # v1's "no limit"
+    (cgroup / "memory.max").write_text(f"{3 * GIB}\n")
+    (cgroup / "memory.current").write_text(f"{GIB}\n")
+    assert available_memory(meminfo, cgroup) == 2 * GIB  # a container's limit, less its use
+    (cgroup / "memory.max").write_text("max\n")
+    assert available_memory(meminfo, cgroup) == 8_000_000 * 1024
