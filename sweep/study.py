@@ -153,10 +153,12 @@ def _check_study_block(study: DictConfig) -> None:
     config_mod.INT1.check("study.max_repeated_failures", study.max_repeated_failures)
     if study.timeout is not None:
         config_mod.Rule("float", low=0, low_open=True).check("study.timeout", study.timeout)
-    if study.n_workers != "auto":
-        config_mod.INT1.check("study.n_workers", study.n_workers)
-    if study.get("threads", "auto") != "auto":
-        config_mod.INT1.check("study.threads", study.threads)
+    for key in ("n_workers", "threads"):
+        if (value := study.get(key, "auto")) != "auto":
+            try:
+                config_mod.INT1.check(f"study.{key}", value)
+            except ConfigError as e:
+                raise ConfigError(f"{e}, or auto") from None
 
 
 def resolve_workers(value: Any, accelerator: str = "auto", data_bytes: int = 0) -> int:

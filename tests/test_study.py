@@ -517,7 +517,8 @@ def test_bad_search_spaces_fail_before_any_trial(tracked, tmp_path, space, messa
         ("sampler.n_startup_trials=abc", "sampler.n_startup_trials"),
         ("study.n_trials=0", "study.n_trials=0"),
         ("study.threads=0", "study.threads=0"),
-        ("study.threads=many", "study.threads='many'"),
+        ("study.threads=many", "study.threads='many': must be an integer, or auto"),
+        ("study.n_workers=0", "study.n_workers=0: must be >= 1, or auto"),
         ("study.metrics=[val/r2]", "unknown metric 'val/r2'"),
     ],
 )
