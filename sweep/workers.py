@@ -244,8 +244,9 @@ def available_memory(
 
 
 def workers_memory_allows(data_bytes: int) -> int | None:
-    """How many more worker processes fit in the available memory, each holding the data
-    (``data_bytes``) beside its own :data:`WORKER_BASE_BYTES`; None where unknown."""
+    """How many worker processes the available memory holds, each holding the data
+    (``data_bytes``) beside its own :data:`WORKER_BASE_BYTES`; None where unknown. The
+    calling process, already loaded, counts as one of them: a margin."""
     available = available_memory()
     if available is None:
         return None
