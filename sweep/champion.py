@@ -95,35 +95,44 @@ def select_champion(study, spec, parent_run_id: str) -> dict[str, Any] | None:
 
 
 def _score_candidates(study, spec, parent_run_id: str, top: list, seeds: list[int]) -> list:
-    """Each candidate re-trained with every seed. A candidate whose re-run fails (a seed on
+    """Each candidate re-trained with every seed: on this process, or spread over as many
+    processes as the study had local workers. A candidate whose re-run fails (a seed on
     which it diverges) is dropped: it is not a config to ship. Raises ChampionError when
     every candidate failed."""
-    from sweep.tracking import one_line
+    from sweep.run_pool import run_jobs
 
     # Re-runs of a candidate are kept in the study: a resumed study re-trains only new ones.
     cache = dict(study.user_attrs.get(RERUNS_ATTR, {}))
-    scored, errors = [], []
-    for trial in top:
-        key = f"{trial.number}:{','.join(map(str, seeds))}"
-        if key not in cache:
-            try:
-                cache[key] = _rerun(trial, spec, parent_run_id, seeds)
-            except Exception as exc:  # its runs are closed FAILED with the error
-                errors.append(f"trial {trial.number}: {one_line(exc)}")
-                continue
+    key_of = {t.number: f"{t.number}:{','.join(map(str, seeds))}" for t in top}
+    new = [t for t in top if key_of[t.number] not in cache]
+    jobs = [job for trial in new for job in _rerun_jobs(trial, spec, parent_run_id, seeds)]
+    outcomes: dict = {}
+    errors = []
+    try:
+        run_jobs(jobs, spec.n_workers, spec.threads, outcomes)
+    finally:  # interrupted too: the candidates whose re-runs all finished are kept
+        for trial in new:
+            results = [outcomes.get((trial.number, seed)) for seed in seeds]
+            failed = next((r for r in results if isinstance(r, str)), None)
+            if failed is not None:  # its runs are closed FAILED with the error
+                errors.append(f"trial {trial.number}: {failed}")
+            elif None not in results:
+                cache[key_of[trial.number]] = _summarise(trial, spec, results)
+        if new:
             study.set_user_attr(RERUNS_ATTR, cache)
-        scored.append(cache[key])
+    scored = [cache[key_of[t.number]] for t in top if key_of[t.number] in cache]
     if not scored:
         raise ChampionError(f"no champion: every candidate's re-run failed ({'; '.join(errors)})")
     return scored
 
 
-def _rerun(trial, spec, parent_run_id: str, seeds: list[int]) -> dict[str, Any]:
-    from sweep.train import run
+def _rerun_jobs(trial, spec, parent_run_id: str, seeds: list[int]) -> list:
+    """One job per seed: the trial's config, re-trained with that seed."""
+    from sweep.run_pool import Job
 
     overrides = config_mod.merge_overrides(spec.overrides, to_overrides(spec.params, trial.params))
     hydra_part, values = config_mod.split_value_overrides(overrides)
-    results = []
+    jobs = []
     for seed in seeds:
         cfg = config_mod.compose_with_values("sweep", hydra_part, {**values, "seed": seed})
         tags = {
@@ -133,17 +142,20 @@ def _rerun(trial, spec, parent_run_id: str, seeds: list[int]) -> dict[str, Any]:
             "champion.seed": seed,
             "trial.state": "CHAMPION_RERUN",
         }
-        results.append(
-            run(
-                config_mod.run_part(cfg),
-                parent_run_id=parent_run_id,
-                experiment=spec.name,
-                run_name=f"champion-t{trial.number}-s{seed}",
-                tags=tags,
-                overrides=[*overrides, f"seed={seed}"],
-                load_first=False,
-            )
-        )
+        kwargs = {
+            "parent_run_id": parent_run_id,
+            "experiment": spec.name,
+            "run_name": f"champion-t{trial.number}-s{seed}",
+            "tags": tags,
+            "overrides": [*overrides, f"seed={seed}"],
+            "load_first": False,
+        }
+        jobs.append(Job((trial.number, seed), config_mod.run_part(cfg), kwargs))
+    return jobs
+
+
+def _summarise(trial, spec, results: list) -> dict[str, Any]:
+    """A candidate's re-runs: mean and spread of its validation and test scores."""
     vals = [r.value for r in results]
     test_metric = "test/acc" if spec.task == "classification" else "test/r2"
     tests = [r.test.get(test_metric, float("nan")) for r in results]
@@ -152,7 +164,7 @@ def _rerun(trial, spec, parent_run_id: str, seeds: list[int]) -> dict[str, Any]:
     return {
         "trial": trial.number,
         "monitor": spec.monitor,
-        "seeds": len(seeds),
+        "seeds": len(results),
         "val_mean": statistics.fmean(vals),
         "val_sd": statistics.pstdev(vals),
         "test_metric": test_metric,

@@ -159,7 +159,8 @@ def test_four_local_workers_share_the_embedded_journal_storage(tracked, tmp_path
 
 def test_two_workers_walk_a_conditional_grid_each_point_once(tracked, tmp_path):
     """Each worker's grid sampler proposes a point only once the others' are stored.
-    ``study.n_workers=auto`` on two CPU cores: two workers of one torch thread each."""
+    ``study.n_workers=auto`` on two CPU cores: two workers of one torch thread each, and
+    the champion's re-runs spread over two processes as well."""
     if not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2:
         pytest.skip("needs two CPU cores and affinity masks (Linux)")
     folder = tmp_path / "myconf" / "search"
@@ -171,8 +172,9 @@ def test_two_workers_walk_a_conditional_grid_each_point_once(tracked, tmp_path):
         "optimizer.lr: {type: categorical, choices: [0.003, 0.01]}\n"
     )
     extra = [f"hydra.searchpath=[file://{tmp_path / 'myconf'}]", "search=cgrid", "sampler=grid"]
-    args = ["tune", *QUICK, *extra, "study.name=cgrid2", "study.n_trials=20"]
-    args.append("study.n_workers=auto")
+    quick = [o for o in QUICK if not o.startswith(("champion.", "tracking."))]
+    args = ["tune", *quick, *extra, "study.name=cgrid2", "study.n_trials=20"]
+    args += ["study.n_workers=auto", "champion.k=2", "champion.seeds=2"]
     cores = set(sorted(os.sched_getaffinity(0))[:2])
     proc = start_cli(*args, cwd=tmp_path, uri=tracked, cores=cores)
     _out, err = proc.communicate(timeout=400)
@@ -188,6 +190,11 @@ def test_two_workers_walk_a_conditional_grid_each_point_once(tracked, tmp_path):
     assert parent.data.params["study.threads"] == "1"
     trials = [r for r in runs if r.data.tags.get("sweep.role") == "trial"]
     assert {r.data.tags["device"] for r in trials} == {"cpu (1 threads)"}
+    reruns = [r for r in runs if r.data.tags.get("sweep.role") == "champion_rerun"]
+    assert len(reruns) == 4 and {r.info.status for r in reruns} == {"FINISHED"}
+    assert {r.data.tags["device"] for r in reruns} == {"cpu (1 threads)"}
+    assert len({r.data.tags["worker"] for r in reruns}) == 2  # `sweep tune` and one more
+    assert parent.data.tags["champion.model_uri"] == "models:/cgrid2@champion"
 
 
 @pytest.mark.postgres
