@@ -8,6 +8,11 @@ share of the CPU threads and, with GPUs, its own GPU). Ctrl-C and SIGTERM reach 
 spawned processes through this one only: it stops each once, and a job stopped that way
 closes its run KILLED, as here. A job whose process died is run again here, once, after
 its run (left RUNNING) is closed FAILED.
+
+The processes are spawned (not forked: torch's threads, open sqlite connections), so, as
+with any spawned process, they import this process's main module: a script calling
+``sweep.study.tune`` with several workers needs the ``if __name__ == "__main__"`` guard
+(``python -m sweep`` and the ``sweep`` command have it).
 """
 
 from __future__ import annotations
