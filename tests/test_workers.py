@@ -355,6 +355,53 @@ def test_sigterm_stops_cleanly_and_the_same_command_resumes(tracked, tmp_path):
     assert any(t.user_attrs.get("retry_of") == interrupted[0].number for t in study.trials)
 
 
+def test_sigterm_during_the_parallel_champion_closes_every_run_and_resumes(tracked, tmp_path):
+    """The re-runs of a two-worker study's champion, in `sweep tune` and a spawned
+    process: SIGTERM to `sweep tune` alone stops both, quietly, and the command resumes."""
+    name = "champ_sigterm"
+    # Re-runs of ~5 s: `sweep tune` is still in one when the spawned process starts its own.
+    slow = [o for o in SLOW if not o.startswith(("champion.", "tracking.", "trainer.max"))]
+    args = ["tune", *slow, "trainer.max_epochs=40", f"study.name={name}", "study.n_trials=2"]
+    args += ["study.n_workers=2"]
+    args += ["champion.k=2", "champion.seeds=2"]
+    proc = _start(args, tmp_path, tracked)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and proc.poll() is None:
+            runs = _all_runs(name)
+            reruns = [r for r in runs if r.data.tags.get("sweep.role") == "champion_rerun"]
+            if len({r.data.tags["worker"] for r in reruns if r.info.status == "RUNNING"}) == 2:
+                break  # one in `sweep tune`, one in the spawned process
+            time.sleep(0.2)
+        else:
+            raise AssertionError("no two re-runs seen RUNNING at once")
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err
+    runs = _all_runs(name)
+    assert "RUNNING" not in {r.info.status for r in runs}
+    stopped = [r for r in runs if r.info.status == "KILLED"]
+    roles = {r.data.tags.get("sweep.role") for r in stopped}
+    assert roles == {"study", "champion_rerun"}
+    assert len({r.data.tags["worker"] for r in stopped if r.data.tags.get("worker")}) == 2
+
+    again = subprocess.run(
+        [sys.executable, "-m", "sweep", *args],
+        cwd=tmp_path,
+        env=cli_env(tracked),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    study = _assert_complete(name, 2)
+    assert study.user_attrs["champion"]["registered_name"] == name
+
+
 def _free_port() -> int:
     import socket
 
