@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import cli_env, count_runs, start_cli
+from conftest import cli_env, count_runs, run_cli, start_cli
 
 pytestmark = pytest.mark.e2e
 
@@ -297,14 +297,7 @@ def test_a_worker_killed_mid_trial_is_failed_retried_and_its_run_closed(tracked,
             coordinator.kill()
     assert coordinator.returncode == 0, err[-3000:]
     # Rerunning the same command has nothing left to do and leaves everything consistent.
-    again = subprocess.run(
-        [sys.executable, "-m", "sweep", *args],
-        cwd=tmp_path,
-        env=cli_env(tracked),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    again = run_cli(*args, cwd=tmp_path, uri=tracked, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
     study = _assert_complete(name, 4)
     killed = study.trials[trial.number]
@@ -341,14 +334,7 @@ def test_sigterm_stops_cleanly_and_the_same_command_resumes(tracked, tmp_path):
     assert statuses[interrupted[0].user_attrs["mlflow_run_id"]] == "KILLED"
     assert statuses[study.user_attrs["mlflow_parent_run_id"]] == "KILLED"
 
-    again = subprocess.run(
-        [sys.executable, "-m", "sweep", *args],
-        cwd=tmp_path,
-        env=cli_env(tracked),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    again = run_cli(*args, cwd=tmp_path, uri=tracked, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
     study = _assert_complete(name, 3)
     # The interrupted trial's point was not lost: it was retried.
@@ -389,14 +375,7 @@ def test_sigterm_during_the_parallel_champion_closes_every_run_and_resumes(track
     assert roles == {"study", "champion_rerun"}
     assert len({r.data.tags["worker"] for r in stopped if r.data.tags.get("worker")}) == 2
 
-    again = subprocess.run(
-        [sys.executable, "-m", "sweep", *args],
-        cwd=tmp_path,
-        env=cli_env(tracked),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    again = run_cli(*args, cwd=tmp_path, uri=tracked, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
     study = _assert_complete(name, 2)
     assert study.user_attrs["champion"]["registered_name"] == name
