@@ -312,19 +312,24 @@ def test_a_worker_killed_mid_trial_is_failed_retried_and_its_run_closed(tracked,
     assert run.info.status == "KILLED" and "died" in run.data.tags["error"]
 
 
-def test_sigterm_stops_cleanly_and_the_same_command_resumes(tracked, tmp_path):
-    name = "sigterm"
-    args = ["tune", *SLOW, f"study.name={name}", "study.n_trials=3"]
-    proc = _start(args, tmp_path, tracked)
+def _sigterm_stops_quietly(proc: subprocess.Popen, when) -> None:
+    """``when()`` (it waits for the moment), then SIGTERM: ``proc`` exits 130, no traceback."""
     try:
-        _wait_for_running_trial(name, [], proc)
+        when()
         proc.send_signal(signal.SIGTERM)
-        _out, err = proc.communicate(timeout=60)
+        _out, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 130, err[-3000:]
     assert "Traceback" not in err
+
+
+def test_sigterm_stops_cleanly_and_the_same_command_resumes(tracked, tmp_path):
+    name = "sigterm"
+    args = ["tune", *SLOW, f"study.name={name}", "study.n_trials=3"]
+    proc = _start(args, tmp_path, tracked)
+    _sigterm_stops_quietly(proc, lambda: _wait_for_running_trial(name, [], proc))
     study = _load(name)
     assert "RUNNING" not in [t.state.name for t in study.trials]
     interrupted = [t for t in study.trials if t.state.name == "FAIL"]
@@ -351,23 +356,19 @@ def test_sigterm_during_the_parallel_champion_closes_every_run_and_resumes(track
     args += ["study.n_workers=2"]
     args += ["champion.k=2", "champion.seeds=2"]
     proc = _start(args, tmp_path, tracked)
-    try:
+
+    def two_reruns_running() -> None:  # one in `sweep tune`, one in the spawned process
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and proc.poll() is None:
-            runs = _all_runs(name)
-            reruns = [r for r in runs if r.data.tags.get("sweep.role") == "champion_rerun"]
+            reruns = [
+                r for r in _all_runs(name) if r.data.tags.get("sweep.role") == "champion_rerun"
+            ]
             if len({r.data.tags["worker"] for r in reruns if r.info.status == "RUNNING"}) == 2:
-                break  # one in `sweep tune`, one in the spawned process
+                return
             time.sleep(0.2)
-        else:
-            raise AssertionError("no two re-runs seen RUNNING at once")
-        proc.send_signal(signal.SIGTERM)
-        _out, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 130, err[-3000:]
-    assert "Traceback" not in err
+        raise AssertionError("no two re-runs seen RUNNING at once")
+
+    _sigterm_stops_quietly(proc, two_reruns_running)
     runs = _all_runs(name)
     assert "RUNNING" not in {r.info.status for r in runs}
     stopped = [r for r in runs if r.info.status == "KILLED"]
