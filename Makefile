@@ -11,12 +11,23 @@ STAMP := $(VENV)/.installed
 ARGS ?=
 HOST ?= 127.0.0.1
 PORT ?= 5000
+# Study shortcuts, for sweep, worker, check, report and optuna-dashboard:
+#   make sweep EXP=mnist1d_arch N_TRIALS=60        = ARGS="experiment=mnist1d_arch study.n_trials=60"
+#   make worker EXP=mnist1d_arch STORAGE=postgresql://user@host:5432/db
+# STORAGE is any Optuna storage URL, handed over as SWEEP_STORAGE_URL (kept out of the
+# logged command line); a PostgreSQL one also picks storage=postgres (heartbeats).
+EXP ?=
+N_TRIALS ?=
+STORAGE ?=
+study_args = $(if $(EXP),experiment=$(EXP)) $(if $(N_TRIALS),study.n_trials=$(N_TRIALS)) $(if $(filter postgresql%,$(STORAGE)),storage=postgres)
+study_env = $(if $(STORAGE),SWEEP_STORAGE_URL='$(STORAGE)')
 
 .PHONY: install train sweep worker check tracking-server bench bench-gpu test lint ui clean help
 
 help:
 	@echo "set up:   make sweep (default study, creates .venv) | make test"
 	@echo "run:      make train | sweep | worker | check          ARGS=\"hydra overrides\""
+	@echo "          make sweep EXP=name (conf/experiment/) N_TRIALS=n STORAGE=url"
 	@echo "look:     make ui | optuna-dashboard | report STUDY=name | compare ARGS=\"experiments=[a,b]\""
 	@echo "deploy:   make serve [STUDY=name|MODEL=uri] | predict ARGS=\"model=... input=... output=...\" | rerun RUN=id"
 	@echo "scale:    make tracking-server | worker ARGS=\"storage=postgres tracking=server study.name=...\""
@@ -35,7 +46,7 @@ train: $(STAMP)
 	$(BIN)/sweep train $(ARGS)
 
 sweep: $(STAMP)
-	$(BIN)/sweep tune $(ARGS)
+	$(study_env) $(BIN)/sweep tune $(study_args) $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -45,10 +56,10 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check sweep tests
 
 worker: $(STAMP)
-	$(BIN)/sweep worker $(ARGS)
+	$(study_env) $(BIN)/sweep worker $(study_args) $(ARGS)
 
 check: $(STAMP)
-	$(BIN)/sweep check $(ARGS)
+	$(study_env) $(BIN)/sweep check $(study_args) $(ARGS)
 
 # MLflow tracking server with a PostgreSQL backend store (for several machines).
 tracking-server: $(STAMP)
@@ -103,7 +114,7 @@ compare: $(STAMP)
 	$(BIN)/sweep compare $(ARGS)
 
 report: $(STAMP)
-	$(BIN)/sweep report $(if $(STUDY),study.name=$(STUDY)) $(ARGS)
+	$(study_env) $(BIN)/sweep report $(study_args) $(if $(STUDY),study.name=$(STUDY)) $(ARGS)
 
 optuna-dashboard: $(STAMP)
-	$(BIN)/sweep optuna-dashboard --host $(HOST) --port $(DASHBOARD_PORT) $(ARGS)
+	$(study_env) $(BIN)/sweep optuna-dashboard --host $(HOST) --port $(DASHBOARD_PORT) $(study_args) $(ARGS)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import functools
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,7 +58,7 @@ def _hydra_compose(config_name: str, overrides: tuple[str, ...]) -> DictConfig:
     try:
         return hydra_compose(config_name=config_name, overrides=list(overrides))
     except Exception as exc:  # Hydra wraps OmegaConf errors; unwrap to one line
-        message = _composition_message(exc)
+        message = _composition_message(exc, config_name, overrides)
         if message.endswith(": unknown key") or ": unknown key in " in message:
             message += _known_keys_hint(message.split(":", 1)[0], config_name, overrides)
         raise ConfigError(message) from None
@@ -158,7 +159,9 @@ def _set_value(cfg: DictConfig, key: str, value: Any) -> None:
         raise ConfigError(f"{key}={value!r}: {str(exc).strip().splitlines()[0]}") from None
 
 
-def _composition_message(exc: BaseException) -> str:
+def _composition_message(
+    exc: BaseException, config_name: str = "", overrides: tuple[str, ...] = ()
+) -> str:
     from hydra.errors import MissingConfigException, OverrideParseException
 
     if isinstance(exc, OverrideParseException):
@@ -171,6 +174,9 @@ def _composition_message(exc: BaseException) -> str:
         if group:
             return f"{group}={option}: unknown option for '{group}'; choose from: {options}"
         return f"{exc.missing_cfg_file}: config not found"
+    unknown_group = _UNKNOWN_GROUP.match(str(exc))
+    if unknown_group:
+        return _unknown_group_message(unknown_group.group(1), config_name, overrides)
     cause: BaseException = exc
     while cause.__cause__ is not None:
         cause = cause.__cause__
@@ -183,6 +189,19 @@ def _composition_message(exc: BaseException) -> str:
         return f"{full_key}: {first_line}"
     message = str(exc).strip().splitlines()
     return message[0] if message else type(exc).__name__
+
+
+_UNKNOWN_GROUP = re.compile(r"Could not override '([^']+)'\. No match in the defaults list")
+
+
+def _unknown_group_message(group: str, config_name: str, overrides: tuple[str, ...]) -> str:
+    """A group that exists under conf/ but not in this config's defaults list: in practice
+    one of sweep.yaml's (search, sampler, experiment, ...) given to ``sweep train``."""
+    given = next((o for o in overrides if override_key(o) == group), group)
+    message = f"{given}: no config group '{group}' in {config_name or 'this config'}.yaml"
+    if config_name == "train":
+        message += f" (a study's group: sweep tune {given})"
+    return message
 
 
 def _known_keys_hint(
@@ -217,6 +236,18 @@ def merge_overrides(base: list[str], extra: list[str]) -> list[str]:
     """``base`` then ``extra``, where an override in ``extra`` replaces one of the same key."""
     keys = {override_key(o) for o in extra}
     return [o for o in base if override_key(o) not in keys] + list(extra)
+
+
+def chosen_option(overrides: list[str] | tuple[str, ...], group: str) -> str | None:
+    """The option the overrides pick for a config group (the last one wins, as in Hydra),
+    or None: ``["experiment=digits"]`` -> ``"digits"``. Hydra's compose keeps no record of
+    the choices, and a preset such as an experiment leaves no key of its own."""
+    chosen = None
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        if sep and key.lstrip("+") == group:
+            chosen = None if value in ("", "null") else value
+    return chosen
 
 
 def to_container(cfg: Any) -> Any:

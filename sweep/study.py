@@ -336,7 +336,9 @@ def _record_resumed_settings(run, spec: StudySpec) -> None:
 def _study_settings(spec: StudySpec) -> dict[str, Any]:
     from sweep.tracking import redact
 
+    experiment = config_mod.chosen_option(spec.overrides, "experiment")
     return {
+        **({"experiment": experiment} if experiment else {}),
         "study.name": spec.name,
         "study.n_trials": spec.n_trials,
         "study.seed": spec.seed,
@@ -820,10 +822,11 @@ def print_summary(summary: dict[str, Any]) -> None:
         console.print(view)
     champion = summary.get("champion")
     if champion:
+        seeds = f"{champion['seeds']} seed" + ("s" if champion["seeds"] != 1 else "")
         console.print(
             f"champion: trial {champion['trial']}  {champion['monitor']} "
-            f"{champion['val_mean']:.4f} ± {champion['val_sd']:.4f} (val, {champion['seeds']} "
-            f"seeds)  {champion['test_metric']} {champion['test_mean']:.4f} ± "
+            f"{champion['val_mean']:.4f} ± {champion['val_sd']:.4f} (val, {seeds})  "
+            f"{champion['test_metric']} {champion['test_mean']:.4f} ± "
             f"{champion['test_sd']:.4f}  ->  {champion['model_uri']} (v{champion['version']})"
         )
     console.print("open the runs: make ui  ->  http://127.0.0.1:5000")
