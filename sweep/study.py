@@ -17,6 +17,7 @@ import platform
 import re
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -245,11 +246,13 @@ def open_study(spec: StudySpec, create: bool = True):
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     if not create:
         try:
-            return optuna.load_study(
+            study = optuna.load_study(
                 study_name=spec.name, storage=storage, sampler=sampler, pruner=pruner
             )
         except KeyError:
             raise ConfigError(f"study.name={spec.name}: no such study in the storage") from None
+        check_identity(study, spec, record=False)
+        return study
     study = optuna.create_study(
         storage=storage,
         sampler=sampler,
@@ -264,7 +267,45 @@ def open_study(spec: StudySpec, create: bool = True):
             f"study.metrics: study '{spec.name}' exists with directions "
             f"{existing}, not {spec.directions}; use another study.name"
         )
+    check_identity(study, spec, record=True)
     return study
+
+
+IDENTITY_ATTR = "sweep.identity"
+# Data keys that change how a study trains, not which rows it trains, validates and tests on.
+_DATA_SETTINGS = {"batch_size", "loader"}
+
+
+def study_identity(spec: StudySpec) -> dict[str, str]:
+    """What a study's values mean: its objectives, and the data keys that decide its rows
+    (the data set, file, target, split). Trials of other data or objectives cannot be ranked
+    with its own; anything else (space, sampler, epochs) may change on resume."""
+    searched = {p.key for p in spec.params}
+    identity = {"study.metrics": ",".join(name for name, _ in spec.metrics)}
+    for key, value in config_mod.flatten(spec.cfg.data).items():
+        if key in _DATA_SETTINGS or f"data.{key}" in searched:
+            continue
+        if key == "path" and value:
+            value = Path(str(value)).expanduser().resolve()  # the file, from any directory
+        identity[f"data.{key}"] = str(value)
+    return identity
+
+
+def check_identity(study, spec: StudySpec, record: bool) -> None:
+    """Refuse to resume or join a study with another data set or objective; a study that
+    has no identity yet gets this one when ``record``."""
+    mine = study_identity(spec)
+    recorded = study.user_attrs.get(IDENTITY_ATTR)
+    if recorded is None:
+        if record:
+            study.set_user_attr(IDENTITY_ATTR, mine)
+        return
+    for key, before in recorded.items():
+        if key in mine and mine[key] != before:
+            raise ConfigError(
+                f"{key}={mine[key]}: study '{spec.name}' was run with {key}={before}; "
+                f"use another study.name, or the same {key}"
+            )
 
 
 def worker_seed(seed: int) -> int:

@@ -144,6 +144,38 @@ def test_resume_adds_trials_and_reuses_the_parent_run(tracked):
     assert "resumed.study.seed" not in parent.tags
 
 
+def test_resuming_or_joining_with_other_data_or_objectives_is_refused(tracked, cli):
+    """A study's values mean its data set and its objectives: resuming or joining it with
+    others is one line naming the key (exit 2), and the study and its parent run stay as
+    they were. How it trains (batch size, space, sampler) may change."""
+    from sweep.errors import ConfigError
+
+    name = [*QUICK, "study.name=ident"]
+    _tune([*name, "study.n_trials=2"])
+    refused = {
+        "data.num_samples=700": "data.num_samples=700: study 'ident' was run with "
+        "data.num_samples=600; use another study.name, or the same data.num_samples",
+        "study.metrics=[{name: val/f1, direction: maximize}]": "study.metrics=val/f1: "
+        "study 'ident' was run with study.metrics=val/acc",
+    }
+    for override, message in refused.items():
+        with pytest.raises(ConfigError) as info:
+            _tune([*name, "study.n_trials=3", override])
+        assert str(info.value).startswith(message)
+    proc = cli("worker", *name, "study.n_trials=3", "data.split_seed=5")
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "error: data.split_seed=5: study 'ident' was run with data.split_seed=0; "
+        "use another study.name, or the same data.split_seed"
+    ]
+    assert len(_study("ident").trials) == 2
+    (parent,) = _runs("ident", role="study")
+    assert parent.info.status == "FINISHED" and "study.invocations" not in parent.data.tags
+
+    _tune([*name, "study.n_trials=3", "data.batch_size=16"])
+    assert len(_study("ident").trials) == 3
+
+
 def test_the_next_trial_may_start_only_once_this_ones_point_is_stored(tracked, monkeypatch):
     """Parallel workers sample knowing the running trials' points (TPE's constant liar,
     the grid of a conditional space): the start-a-trial lock is released after the
