@@ -21,21 +21,13 @@ EXPECTED_STATUS = {
 
 def load_study(overrides: list[str]):
     """The study named in the sweep config, loaded from its storage (no data, no training)."""
-    import optuna
-
     from sweep import tracking
     from sweep.config import compose
-    from sweep.errors import ConfigError
-    from sweep.optuna_parts import build_storage, storage_url
+    from sweep.optuna_parts import load_existing_study, storage_url
 
     cfg = compose("sweep", overrides)
     tracking.setup(cfg.tracking.uri)
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    storage = build_storage(storage_url(cfg.storage))
-    try:
-        return optuna.load_study(study_name=str(cfg.study.name), storage=storage), cfg
-    except KeyError:
-        raise ConfigError(f"study.name={cfg.study.name}: no such study in the storage") from None
+    return load_existing_study(str(cfg.study.name), storage_url(cfg.storage)), cfg
 
 
 def trial_runs(experiment_name: str) -> list[Any]:

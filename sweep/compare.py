@@ -676,42 +676,74 @@ def compare_command(args: list[str]) -> int:
     if frame.empty:
         console.print("no runs found")
         return 0
-    console.print(_summary_table(summary(frame=frame)))
+    header, rows = _summary_rows(summary(frame=frame))
+    for table in fitted_tables("experiments", header, rows, 2, console.width):
+        console.print(table)
     work = frame[frame["role"] != "study"]
     if states:
         work = work[work["state"].isin([s.upper() for s in states])]
-    console.print(_runs_table(work, limit))
+    shown = work.head(limit)
+    title = f"runs ({len(shown)} of {len(work)})" if len(work) > limit else "runs"
+    header, rows = _runs_rows(shown)
+    for table in fitted_tables(title, header, rows, 2, console.width):
+        console.print(table)
     return 0
 
 
-def _summary_table(table: pd.DataFrame):
+def fitted_tables(title: str, header: list[str], rows: list[list[str]], keys: int, width: int):
+    """Rich tables of ``rows`` that each fit ``width`` columns of text, as pandas prints a
+    wide frame: the columns in blocks, each block after the first repeating the first
+    ``keys`` columns. A single squeezed table would cut every cell to an ellipsis."""
     from rich.table import Table
 
-    view = Table(title="experiments", show_lines=False)
+    def needed(i: int) -> int:  # the column's widest text, plus borders and padding
+        return max(len(header[i]), *(len(r[i]) for r in rows)) + 3
+
+    blocks: list[list[int]] = []
+    block: list[int] = list(range(min(keys, len(header))))
+    used = 1 + sum(needed(i) for i in block)
+    for i in range(len(block), len(header)):
+        if used + needed(i) > width and len(block) > keys:
+            blocks.append(block)
+            block = list(range(keys))
+            used = 1 + sum(needed(k) for k in block)
+        block.append(i)
+        used += needed(i)
+    blocks.append(block)
+    tables = []
+    for n, columns in enumerate(blocks):
+        suffix = f" ({n + 1}/{len(blocks)})" if len(blocks) > 1 else ""
+        table = Table(title=title + suffix)
+        for i in columns:
+            table.add_column(header[i], overflow="fold")
+        for row in rows:
+            table.add_row(*(row[i] for i in columns))
+        tables.append(table)
+    return tables
+
+
+def _summary_rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     columns = ["experiment", "study", "runs", "complete", "pruned", "fail", "other"]
-    for name in [*columns, "best val", "champion val", "champion test", "model", "compute"]:
-        view.add_column(name, justify="right" if name not in ("experiment", "study") else "left")
+    header = [*columns, "best val", "champion val", "champion test", "model", "compute"]
+    rows = []
     for _, r in table.iterrows():
         best = "" if _isna(r["best_val"]) else f"{r['monitor']} {r['best_val']:.4f}"
         if not _isna(r["best_trial"]):
             best += f" (trial {int(r['best_trial'])})"
-        view.add_row(
-            *[_cell(r[c]) for c in columns],
-            best,
-            _mean_sd(r["champion_val_mean"], r["champion_val_sd"]),
-            _mean_sd(r["champion_test_mean"], r["champion_test_sd"]),
-            _cell(r["champion_model"]),
-            f"{r['compute_s']:.1f} s",
+        rows.append(
+            [
+                *[_cell(r[c]) for c in columns],
+                best,
+                _mean_sd(r["champion_val_mean"], r["champion_val_sd"]),
+                _mean_sd(r["champion_test_mean"], r["champion_test_sd"]),
+                _cell(r["champion_model"]),
+                f"{r['compute_s']:.1f} s",
+            ]
         )
-    return view
+    return header, rows
 
 
-def _runs_table(frame: pd.DataFrame, limit: int):
-    from rich.table import Table
-
-    shown = frame.head(limit)
-    title = f"runs ({len(shown)} of {len(frame)})" if len(frame) > limit else "runs"
-    view = Table(title=title)
+def _runs_rows(shown: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     metric_cols = [
         c for c in metric_columns(shown) if c.startswith(("best/", "test/")) and c != "best/epoch"
     ]
@@ -726,11 +758,7 @@ def _runs_table(frame: pd.DataFrame, limit: int):
         *metric_cols,
         "duration_s",
     ]
-    for name in columns:
-        view.add_column(name)
-    for _, r in shown.iterrows():
-        view.add_row(*[_cell(r[c]) for c in columns])
-    return view
+    return columns, [[_cell(r[c]) for c in columns] for _, r in shown.iterrows()]
 
 
 def _mean_sd(mean: Any, sd: Any) -> str:

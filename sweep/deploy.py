@@ -18,6 +18,7 @@ import contextlib
 import json
 import math
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -258,14 +259,37 @@ def wait_until_ready(
         time.sleep(0.2)
 
 
-def payload_hint(model_info: Any) -> str:
-    """A JSON body for ``/invocations`` shaped like the model's input signature."""
+def payload_hint(model_info: Any, model_uri: str | None = None) -> str:
+    """A JSON body for ``/invocations`` that the model answers: the first row of the serving
+    example MLflow saved with it, on one line; else one shaped like its input signature,
+    with ``...`` for the values."""
+    example = _serving_example(model_uri) if model_uri else None
+    if example is not None:
+        return json.dumps(example, separators=(", ", ": "))
     schema = model_info.signature.inputs if model_info.signature else None
     if schema is None or schema.is_tensor_spec():
         return '{"inputs": [[...], [...]]}'
     names = [str(n) for n in schema.input_names()]
     shown = ", ".join(json.dumps(n) for n in names[:8]) + (", ..." if len(names) > 8 else "")
     return f'{{"dataframe_split": {{"columns": [{shown}], "data": [[...]]}}}}'
+
+
+def _serving_example(model_uri: str) -> dict | None:
+    """The model's ``serving_input_example.json`` cut to its first row, or None."""
+    from mlflow.models.utils import load_serving_example
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one small file
+    try:
+        example = json.loads(load_serving_example(model_uri))
+    except Exception:  # no example logged, or not readable: the signature's shape instead
+        return None
+    split = example.get("dataframe_split")
+    if isinstance(split, dict) and isinstance(split.get("data"), list):
+        split["data"] = split["data"][:1]
+    for key in ("inputs", "dataframe_records", "instances"):
+        if isinstance(example.get(key), list):
+            example[key] = example[key][:1]
+    return example
 
 
 def serve(
@@ -296,7 +320,7 @@ def serve(
         else:
             console.print(
                 f"ready: curl -X POST {url}/invocations -H 'Content-Type: application/json' "
-                f"-d '{hint}'",
+                f"-d {shlex.quote(hint)}",
                 soft_wrap=True,
                 markup=False,
             )
@@ -324,7 +348,7 @@ def serve_command(args: list[str]) -> int:
     tracking_uri = tracking.setup(None)
     info = check_model(model_uri, tracking_uri)  # a clear error now, not a server traceback
     check_port_free(host, port)
-    return serve(model_uri, host, port, tracking_uri, hint=payload_hint(info))
+    return serve(model_uri, host, port, tracking_uri, hint=payload_hint(info, model_uri))
 
 
 # --------------------------------------------------------------------------- batch prediction

@@ -218,6 +218,38 @@ def storage_url(cfg: Any, root: Path | None = None) -> str:
     return f"journal:///{path}"
 
 
+def missing_storage_file(url: str) -> Path | None:
+    """The file of a journal or SQLite storage URL when it does not exist, else None."""
+    scheme, sep, rest = url.partition(":///")
+    path = rest.split("?", 1)[0]
+    if not sep or scheme not in ("journal", "sqlite") or path in ("", ":memory:"):
+        return None
+    return None if Path(path).exists() else Path(path)
+
+
+def load_existing_study(name: str, url: str):
+    """The study ``name`` from the storage at ``url``, for reading (check, report); a
+    ConfigError naming the studies there when it has none of that name. A storage file that
+    does not exist is not created."""
+    import optuna
+
+    from sweep.tracking import redact
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    missing = missing_storage_file(url)
+    if missing is not None:
+        raise ConfigError(f"study.name={name}: no such study (no storage at {missing})")
+    storage = build_storage(url)
+    try:
+        return optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        known = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+        raise ConfigError(
+            f"study.name={name}: no such study in {redact(url)}; "
+            f"known: {', '.join(known) or 'none'}"
+        ) from None
+
+
 class JournalFlock:
     """The journal file's inter-process lock: ``flock`` on a file beside the journal.
 

@@ -107,7 +107,7 @@ def build_report(
     parent MLflow run unless ``log_to_mlflow`` is False.
     """
     from sweep import config as config_mod
-    from sweep.optuna_parts import storage_url
+    from sweep.optuna_parts import load_existing_study, storage_url
     from sweep.tracking import setup
 
     cfg = config_mod.compose("sweep", overrides)
@@ -116,7 +116,7 @@ def build_report(
         raise ConfigError(f"study.name={name!r}: use letters, digits, '_', '-', '.'")
     storage = storage_url(cfg.storage)
     tracking_uri = setup(cfg.tracking.uri)
-    study = load_study(name, storage)
+    study = load_existing_study(name, storage)
     html = render_report(study, str(cfg.tracking.experiment), tracking_uri, storage)
     out = Path(out_dir) if out_dir is not None else DEFAULT_OUT_DIR
     out.mkdir(parents=True, exist_ok=True)
@@ -147,25 +147,6 @@ def report_command(args: list[str]) -> int:
     path = build_report(overrides, out_dir=out_dir, log_to_mlflow=log)
     print(f"report: {path}  (open it in a browser; no network needed)")
     return 0
-
-
-def load_study(name: str, storage_url: str) -> optuna.Study:
-    """The study from its storage (read only); ConfigError when there is none."""
-    import optuna
-
-    from sweep.optuna_parts import build_storage
-    from sweep.tracking import redact
-
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    storage = build_storage(storage_url)
-    try:
-        return optuna.load_study(study_name=name, storage=storage)
-    except KeyError:
-        known = [s.study_name for s in optuna.get_all_study_summaries(storage)]
-        raise ConfigError(
-            f"study.name={name}: no such study in {redact(storage_url)}; "
-            f"known: {', '.join(known) or 'none'}"
-        ) from None
 
 
 def log_report(study: optuna.Study, path: Path, tracking_uri: str | None = None) -> str | None:
@@ -812,10 +793,13 @@ def _trials_table(view: StudyView, champion: dict[str, Any] | None) -> dict[str,
 
 # -- formatting -----------------------------------------------------------------------------------
 def _missing(value: Any) -> bool:
-    if value is None:
+    """None, NaN, or pandas' NA (the typed frame's empty cell)."""
+    import pandas as pd
+
+    if value is None or value is pd.NA:
         return True
     try:
-        return bool(value != value)  # NaN, and pandas NA raises -> not missing
+        return bool(value != value)  # NaN
     except TypeError:
         return False
 

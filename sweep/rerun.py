@@ -243,11 +243,15 @@ def rerun(run_id: str, overrides: list[str] | None = None, warn: Any = None) -> 
     # The source's experiment: a study's trials log to the study's, not tracking.experiment.
     overridden = "tracking.experiment" in keys or "tracking" in keys
     experiment = None if overridden else source.experiment
+    tags = {"rerun_of": run_id, "sweep.role": "rerun"}
+    if experiment is not None and source.tags.get("study.name"):
+        # Beside its study's runs, it counts in the study's row of compare.summary().
+        tags["study.name"] = source.tags["study.name"]
     result = run(
         cfg,
         experiment=experiment,
         run_name=f"rerun-{source.name or run_id[:8]}",
-        tags={"rerun_of": run_id, "sweep.role": "rerun"},
+        tags=tags,
         overrides=overrides,
     )
     tracking.setup(cfg.tracking.uri)

@@ -283,8 +283,9 @@ def to_overrides(params: list[Param], sampled: dict[str, Any]) -> list[str]:
 def base_params(params: list[Param], base_cfg: DictConfig) -> dict[str, Any]:
     """The base config as a point of the space, to enqueue as the first trial.
 
-    Values outside the space (a categorical value not among the choices) are left out:
-    the sampler fills them in.
+    Values outside the space (a categorical value not among the choices, a number outside
+    the range) are left out: the sampler fills them in. (Optuna raises on a 0 for a log
+    distribution, and warns about any other enqueued value outside its distribution.)
     """
     groups = {p.key: p.is_group for p in params}
     point: dict[str, Any] = {}
@@ -310,7 +311,9 @@ def base_points(
     searched config group at its own defaults (``model=cnn`` with the cnn config's
     channels, kernel and dropout), at most ``limit`` points in all.
 
-    The base point alone makes a study never worse than the defaults. The options' own
+    The base point starts a study from the defaults (a default outside the space, such as
+    weight_decay 0 below a log range, is left to the sampler: see :func:`base_params`;
+    the trial then differs from the defaults there). The options' own
     defaults make sure every architecture in the space is tried early: with five random
     start-up trials a two-way choice goes untried one study in sixteen, and TPE then
     exploits what it has seen (measured: a 20-trial mnist1d study that never tried the
@@ -333,16 +336,29 @@ def base_points(
     return points[: max(1, limit)]
 
 
-def _check_condition_can_hold(key: str, cond_key: str, expected: Any, cond: Param | None) -> None:
-    """A condition on a searched categorical that none of its choices meets would leave
-    ``key`` silently unsearched: almost always a typo."""
-    if cond is None or cond.type != "categorical":
-        return
+def _check_condition_can_hold(
+    key: str, cond_key: str, expected: Any, cond: Param | None, base_cfg: DictConfig
+) -> None:
+    """A condition that no trial can meet would leave ``key`` silently unsearched, every
+    trial the same point: almost always a typo, or the space run on another base config.
+    On a searched categorical it must name one of its choices; on a key that is not
+    searched, the base config's value (for a config group, its option name)."""
     wanted = expected if isinstance(expected, list) else [expected]
+    shown = wanted[0] if len(wanted) == 1 else wanted
+    if cond is None:
+        value = base_value(base_cfg, cond_key, group_options(cond_key) is not None)
+        if value not in wanted:
+            raise SearchSpaceError(
+                f"search.{key}.when: {cond_key}={shown} can never hold; {cond_key} is "
+                f"{value} in the base config and not searched"
+            )
+        return
+    if cond.type != "categorical":
+        return
     if not any(w in cond.choices for w in wanted):
         choices = ", ".join(map(str, cond.choices))
         raise SearchSpaceError(
-            f"search.{key}.when: {cond_key}={wanted[0] if len(wanted) == 1 else wanted} can "
+            f"search.{key}.when: {cond_key}={shown} can "
             f"never hold; search.{cond_key} chooses from: {choices}"
         )
 
@@ -372,7 +388,7 @@ def validate_space(
                     f"search.{param.key}.when: '{cond_key}' must be "
                     f"defined before '{param.key}' in the file"
                 )
-            _check_condition_can_hold(param.key, cond_key, expected, by_key.get(cond_key))
+            _check_condition_can_hold(param.key, cond_key, expected, by_key.get(cond_key), base_cfg)
         condition = [f"{k}={v[0] if isinstance(v, list) else v}" for k, v in param.when.items()]
         if param.is_group:
             probes = [[*condition, f"{param.key}={c}"] for c in param.choices]

@@ -697,7 +697,7 @@ def tune(overrides: list[str], progress: bool = True) -> dict[str, Any]:
 
 
 def enqueue_base_point(study, spec: StudySpec) -> None:
-    """The first trials of a new study: the base config (never worse than the defaults),
+    """The first trials of a new study: the base config (its values inside the space),
     then each other option of a searched group at its defaults (see
     :func:`sweep.space.base_points`), together at most a quarter of ``study.n_trials``.
 

@@ -299,6 +299,28 @@ def test_compare_command_prints_both_tables(
     assert "PRUNED" not in out  # states=[COMPLETE] filters the runs table
 
 
+def test_a_wide_table_is_printed_in_blocks_that_fit_with_every_cell_whole() -> None:
+    from rich.console import Console
+
+    from sweep.compare import fitted_tables
+
+    header = ["experiment", "trial", *[f"param.number_{i}" for i in range(12)]]
+    rows = [["my_experiment", str(t), *[f"{t}.{i}e-3" for i in range(12)]] for t in range(3)]
+    tables = fitted_tables("runs", header, rows, keys=2, width=80)
+    assert len(tables) > 1
+    console = Console(width=80, record=True)
+    for table in tables:
+        console.print(table)
+    text = console.export_text()
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert "…" not in text
+    for row in rows:
+        for cell in row:
+            assert cell in text
+    # Each block repeats the key columns.
+    assert text.count("my_experiment") == 3 * len(tables)
+
+
 def test_compare_command_rejects_bad_arguments(
     store: TinyStore, capsys: pytest.CaptureFixture
 ) -> None:

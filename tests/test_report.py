@@ -82,6 +82,9 @@ def test_report_champion_card_matches_the_study(store: TinyStore, reports) -> No
     assert f"{champion['val_mean']:.4f} ± {champion['val_sd']:.4f}" in card
     assert f"{champion['test_mean']:.4f} ± {champion['test_sd']:.4f}" in card
     assert f"models:/{STUDY_A}@champion" in card and "version 1" in card
+    # The source run's own config: none of the parent run's keys, no empty cells.
+    config = card[card.index("full run config") :]
+    assert "optimizer.lr" in config and "base." not in config and "&lt;NA&gt;" not in config
     assert "model.width" in card and "optimizer.lr" in card  # sampled params
     assert "trainer.max_epochs" in card  # the full run config of the source run
     assert f'class="trial champion" data-state="COMPLETE" data-number="{champion["trial"]}"' in page
@@ -228,6 +231,24 @@ def test_report_command_and_unknown_study(
     err = capsys.readouterr().err
     assert "study.name=missing: no such study" in err and STUDY_A in err
     assert main(["report", "study.name=../x"]) == 2
+
+
+@pytest.mark.parametrize("command", ["report", "check"])
+def test_reading_a_study_where_there_is_no_storage_creates_none(
+    command: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    from sweep.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main([command, "study.name=nothing"]) == 2
+    journal = tmp_path / ".sweep" / "optuna.journal"
+    assert capsys.readouterr().err.strip() == (
+        f"error: study.name=nothing: no such study (no storage at {journal})"
+    )
+    assert not (tmp_path / ".sweep").exists()
+    assert main([command, "study.name=nothing", "storage=sqlite"]) == 2
+    assert "no storage at" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
 
 
 def _free_port() -> int:

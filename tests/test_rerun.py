@@ -172,7 +172,13 @@ def test_a_study_trial_and_its_champion_rerun_reproduce_exactly(tracked):
         new = client.get_run(outcome.result.run_id)
         assert new.info.experiment_id == experiment
         assert new.data.tags["rerun_of"] == source.info.run_id
+        assert new.data.tags["study.name"] == "rr"
         assert histories(client, new.info.run_id) == histories(client, source.info.run_id)
+    # The reruns count in the study's row: a trial, a champion re-train and the two reruns.
+    from sweep.compare import summary
+
+    (row,) = summary(["rr"]).itertuples()
+    assert row.study == "rr" and row.runs == 4 and row.other == "FINISHED 2"
 
 
 @pytest.mark.parametrize(

@@ -181,6 +181,23 @@ def rows(served, n: int = 12) -> pd.DataFrame:
 
 
 # -- a table model with string labels --------------------------------------------------------
+def test_the_request_sweep_serve_prints_is_answered(served):
+    """`sweep serve` prints a curl command with the first row of the model's serving
+    example: sent as printed, it gets a prediction."""
+    import shlex
+
+    log = served["root"] / "table.log"
+    deadline = time.monotonic() + 60
+    while "ready: curl" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    (line,) = [ln for ln in log.read_text().splitlines() if ln.startswith("ready: curl")]
+    args = shlex.split(line.removeprefix("ready: "))
+    assert args[args.index("-X") + 2] == f"{served['table_url']}/invocations"
+    status, body = post(served["table_url"], args[args.index("-d") + 1])
+    assert status == 200, body
+    assert len(predictions(body)) == 1 and predictions(body)["prediction"][0] in LABELS
+
+
 def test_dataframe_split_matches_local_pyfunc(served, local_table_model):
     x = rows(served)[FEATURES]
     status, body = post(served["table_url"], {"dataframe_split": x.to_dict(orient="split")})
@@ -264,6 +281,10 @@ def test_bad_payload_is_a_readable_400_and_the_server_keeps_serving(served, body
     message = error.get("message", "")
     for needle in needles:
         assert needle in message, message
+    # Past the JSON parser, MLflow's server (and its schema check) quote the input before
+    # the reason ("Failed to predict data '<the frame>'. \nError: <reason>"): one line.
+    if message.startswith("Failed to predict data"):
+        assert "\n" not in message.rsplit("Error: ", 1)[-1], message
     assert "Traceback" not in json.dumps(error)
     assert "stack_trace" not in error
     # The next good request is answered.

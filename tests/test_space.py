@@ -41,6 +41,16 @@ def _space(tmp_path: Path, text: str) -> list[str]:
             "model.channels: {type: int, low: 8, high: 32, when: {model: cnn}}\n",
             "search.model.channels.when: model=cnn can never hold",
         ),
+        (
+            "model.channels: {type: int, low: 8, high: 32, when: {model: cnn}}\n",
+            "search.model.channels.when: model=cnn can never hold; model is mlp in the base "
+            "config and not searched",
+        ),
+        (
+            "model.width: {type: int, low: 8, high: 32, when: {data.batch_size: [16, 32]}}\n",
+            "search.model.width.when: data.batch_size=[16, 32] can never hold; "
+            "data.batch_size is 64 in the base config",
+        ),
         ("study.n_trials: {type: int, low: 1, high: 5}\n", "search.study.n_trials: not a run"),
         ("sampler.n_startup_trials: {type: int, low: 1, high: 5}\n", "search.sampler"),
         ("optimizer.lr: {type: float, low: 1.0e-3, high: .inf}\n", "high=inf: must be finite"),
