@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -174,6 +175,9 @@ def _composition_message(
         if group:
             return f"{group}={option}: unknown option for '{group}'; choose from: {options}"
         return f"{exc.missing_cfg_file}: config not found"
+    yaml_message = _yaml_error_message(exc)
+    if yaml_message:
+        return yaml_message
     unknown_group = _UNKNOWN_GROUP.match(str(exc))
     if unknown_group:
         return _unknown_group_message(unknown_group.group(1), config_name, overrides)
@@ -189,6 +193,21 @@ def _composition_message(
         return f"{full_key}: {first_line}"
     message = str(exc).strip().splitlines()
     return message[0] if message else type(exc).__name__
+
+
+def _yaml_error_message(exc: BaseException) -> str | None:
+    """A config file that is not valid YAML: ``file line N: what the parser expected``."""
+    import yaml
+
+    cause: BaseException | None = exc
+    while cause is not None and not isinstance(cause, yaml.MarkedYAMLError):
+        cause = cause.__cause__ or cause.__context__
+    if cause is None:
+        return None
+    mark = cause.problem_mark or cause.context_mark
+    where = f"{mark.name} line {mark.line + 1}" if mark else "a config file"
+    what = "; ".join(str(p) for p in (cause.context, cause.problem) if p)
+    return f"{where}: not valid YAML: {what}"
 
 
 _UNKNOWN_GROUP = re.compile(r"Could not override '([^']+)'\. No match in the defaults list")
@@ -224,7 +243,27 @@ def _known_keys_hint(
         return ""
     if not isinstance(node, DictConfig):
         return ""
-    return "; known keys: " + ", ".join(sorted(str(k) for k in node if k != "name"))
+    known = ", ".join(sorted(str(k) for k in node if k != "name"))
+    hint = f"; known keys: {known}" if known else f"; {parent}={node.get('name')} has no keys"
+    owners = _options_with_key(parent, full_key.rpartition(".")[2])
+    if owners:
+        hint += f"; it is a key of {', '.join(f'{parent}={o}' for o in owners)}"
+    return hint
+
+
+def _options_with_key(group: str, key: str) -> list[str]:
+    """The options of config group ``group`` (conf/<group>/*.yaml) that define ``key``."""
+    import yaml
+
+    owners = []
+    for path in sorted((CONF_DIR / group).glob("*.yaml")) if group else []:
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError):
+            continue
+        if isinstance(values, dict) and key in values:
+            owners.append(path.stem)
+    return owners
 
 
 def override_key(override: str) -> str:
@@ -318,6 +357,8 @@ class Rule:
             raise ConfigError(
                 f"{key}={shown}: must be {'an integer' if self.kind == 'int' else 'a number'}"
             )
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}={shown}: must be a finite number")
         if not self._in_range(value):
             raise ConfigError(f"{key}={shown}: must be {self._describe_range()}")
 
@@ -476,6 +517,11 @@ def validate_run_config(cfg: DictConfig) -> None:
         raise ConfigError(
             f"data.val_fraction + data.test_fraction = "
             f"{data.val_fraction + data.test_fraction:g}: must be < 1 (nothing left to train on)"
+        )
+    if data.name == "synthetic" and data.task == "classification" and data.noise > 1:
+        raise ConfigError(
+            f"data.noise={data.noise}: must be in [0, 1] for classification "
+            f"(the fraction of labels flipped)"
         )
     if data.name != "csv":
         check_monitor(cfg, data.task)

@@ -218,13 +218,21 @@ def storage_url(cfg: Any, root: Path | None = None) -> str:
     return f"journal:///{path}"
 
 
-def missing_storage_file(url: str) -> Path | None:
-    """The file of a journal or SQLite storage URL when it does not exist, else None."""
+def storage_file(url: str) -> Path | None:
+    """The local file of a journal or SQLite storage URL, else None. ``journal:///p`` is
+    the absolute path /p (as ``file:///p``); ``sqlite:///p`` is relative and
+    ``sqlite:////p`` absolute (SQLAlchemy's rule)."""
     scheme, sep, rest = url.partition(":///")
     path = rest.split("?", 1)[0]
     if not sep or scheme not in ("journal", "sqlite") or path in ("", ":memory:"):
         return None
-    return None if Path(path).exists() else Path(path)
+    return Path("/" + path.lstrip("/")) if scheme == "journal" else Path(path)
+
+
+def missing_storage_file(url: str) -> Path | None:
+    """The file of a journal or SQLite storage URL when it does not exist, else None."""
+    path = storage_file(url)
+    return None if path is None or path.exists() else path
 
 
 def load_existing_study(name: str, url: str):
@@ -290,13 +298,23 @@ def build_storage(url: str, heartbeat_interval: int | None = None, grace_period:
     from optuna.storages import JournalStorage, RDBStorage
     from optuna.storages.journal import JournalFileBackend
 
-    if url.startswith("journal:///"):
-        path = Path(url[len("journal://") :])
-        path.parent.mkdir(parents=True, exist_ok=True)
-        backend = JournalFileBackend(str(path), lock_obj=JournalFlock(str(path)))
-        return JournalStorage(backend)
-    if url.startswith("sqlite:///"):
-        Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+    path = storage_file(url)
+    lock = Path(f"{path}.flock") if url.startswith("journal:///") else None
+    had_lock = lock is not None and lock.exists()
+    try:
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        if url.startswith("journal:///"):
+            backend = JournalFileBackend(str(path), lock_obj=JournalFlock(str(path)))
+            storage = JournalStorage(backend)
+            storage.get_all_studies()  # reads the journal: a file of another kind fails here
+            return storage
+    except (OSError, ValueError) as exc:
+        if lock is not None and not had_lock:
+            lock.unlink(missing_ok=True)  # ours: not left beside the user's file
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        kind = "journal" if url.startswith("journal:") else "SQLite file"
+        raise ConfigError(f"storage {path}: cannot open it as an Optuna {kind}: {reason}") from None
     kwargs: dict[str, Any] = {}
     if url.startswith("postgresql"):
         kwargs["engine_kwargs"] = {"pool_pre_ping": True}  # optuna #5600

@@ -353,7 +353,14 @@ def _check_condition_can_hold(
                 f"{value} in the base config and not searched"
             )
         return
+    if cond.key == key:
+        raise SearchSpaceError(f"search.{key}.when: {key} cannot depend on itself")
     if cond.type != "categorical":
+        if not any(_in_numeric_range(w, cond) for w in wanted):
+            raise SearchSpaceError(
+                f"search.{key}.when: {cond_key}={shown} can never hold; search.{cond_key} "
+                f"samples {cond.type}s in [{cond.low}, {cond.high}]"
+            )
         return
     if not any(w in cond.choices for w in wanted):
         choices = ", ".join(map(str, cond.choices))
@@ -361,6 +368,20 @@ def _check_condition_can_hold(
             f"search.{key}.when: {cond_key}={shown} can "
             f"never hold; search.{cond_key} chooses from: {choices}"
         )
+
+
+def _in_numeric_range(value: Any, param: Param) -> bool:
+    """Whether a numeric parameter can sample ``value`` (a number in range, on its step)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    if not param.low <= value <= param.high:
+        return False
+    if param.type == "int" and not float(value).is_integer():
+        return False
+    if param.step:
+        steps = (value - param.low) / param.step
+        return math.isclose(steps, round(steps), rel_tol=0, abs_tol=1e-9)
+    return True
 
 
 def validate_space(

@@ -88,9 +88,9 @@ def prepare(overrides: list[str], check_space: bool = True) -> StudySpec:
 
     cfg = config_mod.compose("sweep", overrides)
     config_mod.check_top_level(cfg, SWEEP_KEYS)
-    config_mod.validate_run_config(cfg)
     study = cfg.study
-    _check_study_block(study)
+    _check_study_block(study)  # first: tracking.experiment is the study's name
+    config_mod.validate_run_config(cfg)
     params = parse_space(cfg.search)
 
     def compose_run(extra: list[str]) -> DictConfig:
@@ -194,17 +194,29 @@ def _mps_available() -> bool:
         return False
 
 
+_METRICS_FORM = "give auto, a metric name, or a list like [{name: val/acc, direction: maximize}]"
+
+
 def _objectives(raw: Any, monitor: str, mode: str, task: str) -> list[tuple[str, str]]:
     if raw == "auto" or raw is None:
         return [(monitor, "maximize" if mode == "max" else "minimize")]
     items = config_mod.to_container(raw)
     if isinstance(items, str | dict):
         items = [items]
+    if not isinstance(items, list):
+        raise ConfigError(f"study.metrics={items!r}: {_METRICS_FORM}")
     allowed = (*config_mod.VAL_METRICS[task], *OBJECTIVE_EXTRAS)
     metrics = []
     for item in items:
         if isinstance(item, str):
             item = {"name": item}
+        if not isinstance(item, dict):
+            raise ConfigError(f"study.metrics: {item!r} is not a metric; {_METRICS_FORM}")
+        unknown = sorted(set(item) - {"name", "direction"})
+        if unknown:
+            raise ConfigError(
+                f"study.metrics: unknown key {unknown[0]!r} in {item}; known keys: direction, name"
+            )
         name = item.get("name")
         if name not in allowed:
             raise ConfigError(

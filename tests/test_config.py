@@ -122,6 +122,11 @@ def reject(overrides: list[str]) -> str:
         (["data.val_fraction=0"], "data.val_fraction"),
         (["scheduler=step", "scheduler.gamma=0"], "scheduler.gamma"),
         (["seed=-1"], "seed"),
+        (["optimizer.lr=inf"], "optimizer.lr"),
+        (["optimizer.weight_decay=inf"], "optimizer.weight_decay"),
+        (["optimizer.lr=nan"], "optimizer.lr"),
+        (["data=synthetic", "data.noise=2"], "data.noise"),
+        (["data=synthetic", "data.noise=inf"], "data.noise"),
     ],
 )
 def test_bad_values_name_their_key(overrides, key):
@@ -129,7 +134,32 @@ def test_bad_values_name_their_key(overrides, key):
     assert re.search(rf"(^|\W){re.escape(key)}(\W|$)", message), message
 
 
+def test_a_key_of_another_option_says_which_option_has_it():
+    assert reject(["scheduler.gamma=0.5"]) == (
+        "scheduler.gamma: unknown key in 'scheduler'; scheduler=none has no keys; "
+        "it is a key of scheduler=step"
+    )
+    assert reject(["model.channels=8"]).endswith("; it is a key of model=cnn")
+
+
+def test_a_config_file_that_is_not_yaml_names_the_file_and_line(tmp_path):
+    from sweep.config import compose
+
+    folder = tmp_path / "myconf" / "search"
+    folder.mkdir(parents=True)
+    (folder / "broken.yaml").write_text("optimizer.lr: {type: float, low: 0.001\n")
+    with pytest.raises(ConfigError) as info:
+        compose("sweep", [f"hydra.searchpath=[file://{tmp_path / 'myconf'}]", "search=broken"])
+    assert str(info.value) == (
+        f"{folder / 'broken.yaml'} line 2: not valid YAML: while parsing a flow mapping; "
+        "expected ',' or '}', but got '<stream end>'"
+    )
+
+
 def test_range_is_explained():
+    assert reject(["optimizer.lr=inf"]) == "optimizer.lr=inf: must be a finite number"
+    assert "[0, 1] for classification" in reject(["data=synthetic", "data.noise=1.5"])
+    load_run_config(["data=synthetic", "data.task=regression", "data.noise=1.5"])  # a std
     assert "> 0" in reject(["optimizer.lr=0"])
     assert "[0, 1)" in reject(["model.dropout=1.0"])
     assert "integer" in reject(["data.batch_size=abc"])

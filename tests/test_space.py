@@ -47,6 +47,26 @@ def _space(tmp_path: Path, text: str) -> list[str]:
             "config and not searched",
         ),
         (
+            "model.depth: {type: int, low: 1, high: 3}\n"
+            "model.width: {type: int, low: 8, high: 32, when: {model.depth: 7}}\n",
+            "search.model.width.when: model.depth=7 can never hold; search.model.depth "
+            "samples ints in [1, 3]",
+        ),
+        (
+            "model.depth: {type: int, low: 1, high: 3}\n"
+            "model.width: {type: int, low: 8, high: 32, when: {model.depth: '2'}}\n",
+            "search.model.width.when: model.depth=2 can never hold",
+        ),
+        (
+            "model.width: {type: int, low: 8, high: 32, when: {model.width: 8}}\n",
+            "search.model.width.when: model.width cannot depend on itself",
+        ),
+        (
+            "optimizer.weight_decay: {type: float, low: 0.0, high: 0.1, when: {optimizer: sgd}}\n",
+            "search.optimizer.weight_decay.when: optimizer=sgd can never hold; optimizer is "
+            "adam in the base config",
+        ),
+        (
             "model.width: {type: int, low: 8, high: 32, when: {data.batch_size: [16, 32]}}\n",
             "search.model.width.when: data.batch_size=[16, 32] can never hold; "
             "data.batch_size is 64 in the base config",

@@ -552,6 +552,13 @@ def test_bad_search_spaces_fail_before_any_trial(tracked, tmp_path, space, messa
         ("study.threads=many", "study.threads='many': must be an integer, or auto"),
         ("study.n_workers=0", "study.n_workers=0: must be >= 1, or auto"),
         ("study.metrics=[val/r2]", "unknown metric 'val/r2'"),
+        ("study.metrics=[5]", "study.metrics: 5 is not a metric; give auto, a metric name"),
+        ("study.metrics=5", "study.metrics=5: give auto, a metric name, or a list like"),
+        (
+            "study.metrics=[{name: val/acc, dirction: minimize}]",
+            "study.metrics: unknown key 'dirction'",
+        ),
+        ("study.name=''", "study.name='': use letters"),
     ],
 )
 def test_bad_sampler_pruner_or_study_settings_fail_before_any_trial(
@@ -562,6 +569,28 @@ def test_bad_sampler_pruner_or_study_settings_fail_before_any_trial(
     with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
         _tune([*QUICK, "study.name=bad", override])
     assert _runs("bad", role=None) == []
+
+
+@pytest.mark.parametrize("kind", ["directory", "not a journal", "no parent"])
+def test_a_storage_file_that_cannot_be_a_journal_is_one_line(tracked, tmp_path, kind):
+    from sweep.errors import ConfigError
+
+    path = {
+        "directory": tmp_path / "adir",
+        "not a journal": tmp_path / "table.csv",
+        "no parent": Path("/proc/no/such/x.journal"),
+    }[kind]
+    if kind == "directory":
+        path.mkdir()
+    elif kind == "not a journal":
+        path.write_text("a,b\n1,2\n")
+    with pytest.raises(ConfigError) as info:
+        _tune([*QUICK, "study.name=bad", f"storage.path={path}"])
+    assert str(info.value).startswith(f"storage {path}: cannot open it as an Optuna journal: ")
+    assert _runs("bad", role=None) == []
+    assert not Path(f"{path}.flock").exists()  # nothing left beside the user's file
+    if kind == "not a journal":
+        assert path.read_text() == "a,b\n1,2\n"
 
 
 def test_bad_settings_on_the_cli_exit_2_with_one_line_and_no_run(cli, tmp_path):
