@@ -3,7 +3,10 @@
 Every trial should have exactly one child run in the study's experiment, in the matching
 state (COMPLETE/PRUNED -> FINISHED, FAIL -> FAILED or KILLED, RUNNING -> RUNNING) and,
 for completed single-objective trials, with the same best validation value; every trial
-run should belong to a trial. Prints each mismatch; exit 0 only when there is none.
+run should belong to a trial. A RUNNING trial whose worker process on this host is gone,
+and the study's parent run left RUNNING by a ``sweep tune`` on this host that is gone
+(both what a SIGKILLed ``sweep tune`` leaves), are mismatches too. Prints each mismatch; exit 0
+only when there is none.
 """
 
 from __future__ import annotations
@@ -52,8 +55,26 @@ def trial_runs(experiment_name: str) -> list[Any]:
             return runs
 
 
-def mismatches(study, runs: list[Any]) -> list[str]:
-    """Every disagreement between the study's trials and its trial runs."""
+def parent_run(study) -> Any | None:
+    """The study's parent MLflow run (``sweep.role=study``); None if it has none."""
+    from mlflow.tracking import MlflowClient
+
+    from sweep.study import PARENT_RUN_ATTR
+
+    run_id = study.user_attrs.get(PARENT_RUN_ATTR)
+    if not run_id:
+        return None
+    try:
+        return MlflowClient().get_run(run_id)
+    except Exception:
+        return None  # gone from the store: nothing left RUNNING
+
+
+def mismatches(study, runs: list[Any], parent: Any | None = None) -> list[str]:
+    """Every disagreement between the study's trials and its trial runs; with ``parent``
+    (the study's parent run), also that run left RUNNING by a coordinator that is gone."""
+    from sweep.workers import worker_gone
+
     problems: list[str] = []
     by_id = {r.info.run_id: r for r in runs}
     claimed: set[str] = set()
@@ -62,8 +83,13 @@ def mismatches(study, runs: list[Any]) -> list[str]:
         state = trial.state.name
         if state == "WAITING":
             continue
-        run_id = trial.user_attrs.get("mlflow_run_id")
         label = f"trial {trial.number} ({state})"
+        if state == "RUNNING" and worker_gone(trial.user_attrs.get("worker")):
+            problems.append(
+                f"{label}: its worker {trial.user_attrs['worker']} is gone; "
+                f"rerun the same command to recover it"
+            )
+        run_id = trial.user_attrs.get("mlflow_run_id")
         if not run_id:
             problems.append(f"{label}: no MLflow run")
             continue
@@ -88,6 +114,15 @@ def mismatches(study, runs: list[Any]) -> list[str]:
                 f"run {run.info.run_id} (trial.number={number}, {run.info.status}) "
                 f"has no trial in the study"
             )
+    if parent is not None and parent.info.status == "RUNNING":
+        from sweep.study import COORDINATOR_TAG
+
+        coordinator = parent.data.tags.get(COORDINATOR_TAG)
+        if worker_gone(coordinator):
+            problems.append(
+                f"parent run {parent.info.run_id} (sweep.role=study) is RUNNING, but its "
+                f"`sweep tune` {coordinator} is gone; rerun the same command to finish it"
+            )
     return problems
 
 
@@ -105,7 +140,7 @@ def _value_mismatch(label: str, trial, run) -> list[str]:
 
 def check(overrides: list[str]) -> list[str]:
     study, _ = load_study(overrides)
-    return mismatches(study, trial_runs(study.study_name))
+    return mismatches(study, trial_runs(study.study_name), parent_run(study))
 
 
 def check_command(args: list[str]) -> int:

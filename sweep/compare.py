@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -296,7 +296,7 @@ def runs(
         tags: extra tag keys to return as columns named ``tag.<key>``.
 
     Raises:
-        ConfigError: an unknown experiment or state, a filter MLflow cannot parse, or an
+        ConfigError: an unknown experiment, study or state, a filter MLflow cannot parse, or an
             http(s) tracking URI where no server answers.
 
     Columns: experiment, study, trial (the trial number; the source trial for champion
@@ -340,9 +340,12 @@ def _records(
     if not filter and run_records.is_database(uri):
         try:
             names = _experiments(run_records.read_experiments(uri), experiments)
-            return names, run_records.read_database(uri, list(names), study_names)
+            records = run_records.read_database(uri, list(names), study_names)
         except run_records.Unreadable:
             pass  # e.g. a new store without tables yet: MLflow's path creates them
+        else:
+            _check_studies(lambda: _client(uri), names, experiments, study_names, records)
+            return names, records
     client = _client(uri)
     names = _experiments(_catalog(client), experiments)
     if study_names is None:
@@ -351,9 +354,56 @@ def _records(
         # Tag filters take no IN (...) in MLflow's search grammar: one search per study.
         found = []
         for study in study_names:
-            clause = f"tags.`study.name` = {_quote(study)}"
-            found.extend(_search(client, list(names), _and(filter, clause)))
-    return names, [run_records.from_mlflow(run) for run in found]
+            found.extend(_search(client, list(names), _and(filter, _study_clause(study))))
+    records = [run_records.from_mlflow(run) for run in found]
+    _check_studies(lambda: client, names, experiments, study_names, records, bool(filter))
+    return names, records
+
+
+def _study_clause(study: str) -> str:
+    return f"tags.`study.name` = {_quote(study)}"
+
+
+def _check_studies(
+    client: Callable[[], Any],
+    names: dict[str, str],
+    experiments: list[str] | None,
+    studies: list[str] | None,
+    records: Sequence[RunRecord],
+    filtered: bool = False,
+) -> None:
+    """ConfigError naming the first study no active run of the experiments carries.
+
+    As for experiments, a typo must not read as "no runs". A study whose runs the states
+    or the search filter leave out still exists (``filtered``: asked again without it).
+    """
+    seen = {r.tags.get("study.name") for r in records}
+    missing = [s for s in studies or [] if s not in seen]
+    if filtered:
+        missing = [s for s in missing if not _has_runs(client(), list(names), s)]
+    if not missing:
+        return
+    known = ", ".join(_known_studies(client(), list(names))) or "none"
+    where = "" if experiments is None else f" in experiments {', '.join(sorted(names.values()))}"
+    raise ConfigError(f"studies: no study named {missing[0]!r}{where}; known: {known}")
+
+
+def _has_runs(client, experiment_ids: list[str], study: str) -> bool:
+    """Whether any active run of the experiments belongs to ``study``."""
+    from mlflow.entities import ViewType
+
+    if not experiment_ids:
+        return False
+    found = client.search_runs(
+        experiment_ids, _study_clause(study), run_view_type=ViewType.ACTIVE_ONLY, max_results=1
+    )
+    return bool(found)
+
+
+def _known_studies(client, experiment_ids: list[str]) -> list[str]:
+    """The studies of the experiments, from their parent runs (one per study: cheap)."""
+    parents = _search(client, experiment_ids, "tags.`sweep.role` = 'study'")
+    return sorted({name for r in parents if (name := r.data.tags.get("study.name"))})
 
 
 def _row(run: RunRecord, names: dict[str, str]) -> dict[str, Any]:
@@ -640,13 +690,20 @@ def parse_command_args(args: Sequence[str]) -> dict[str, Any]:
             items = value.removeprefix("[").removesuffix("]").split(",")
             out[key] = [i.strip().strip("'\"") for i in items if i.strip().strip("'\"")]
         elif key == "limit":
-            if not value.isdigit():
-                raise ConfigError(f"limit={value!r}: must be a whole number")
-            out[key] = int(value)
+            out[key] = _limit(value)
         else:
             out[key.replace(".", "_")] = _unquote(value) or None
     _check_states(out.get("states", []))
     return out
+
+
+def _limit(value: str) -> int:
+    """``limit=``: how many runs to print, 0 or more."""
+    if not re.fullmatch(_INT_RE, value):
+        raise ConfigError(f"limit={value!r}: must be a whole number >= 0")
+    if int(value) < 0:
+        raise ConfigError(f"limit={value!r}: must be >= 0")
+    return int(value)
 
 
 def _unquote(value: str) -> str:
@@ -697,7 +754,7 @@ def fitted_tables(title: str, header: list[str], rows: list[list[str]], keys: in
     from rich.table import Table
 
     def needed(i: int) -> int:  # the column's widest text, plus borders and padding
-        return max(len(header[i]), *(len(r[i]) for r in rows)) + 3
+        return max([len(header[i]), *(len(r[i]) for r in rows)]) + 3  # rows may be none
 
     blocks: list[list[int]] = []
     block: list[int] = list(range(min(keys, len(header))))

@@ -24,8 +24,11 @@ the same storage (:func:`optuna_dashboard_command`).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import errno
 import math
+import os
 import re
 import sys
 import warnings
@@ -114,17 +117,67 @@ def build_report(
     name = str(cfg.study.name)
     if not re.fullmatch(_NAME_RE, name):  # the name becomes a file name
         raise ConfigError(f"study.name={name!r}: use letters, digits, '_', '-', '.'")
-    storage = storage_url(cfg.storage)
-    tracking_uri = setup(cfg.tracking.uri)
-    study = load_existing_study(name, storage)
-    html = render_report(study, str(cfg.tracking.experiment), tracking_uri, storage)
+    key = "--out" if out_dir is not None else "report folder"
     out = Path(out_dir) if out_dir is not None else DEFAULT_OUT_DIR
-    out.mkdir(parents=True, exist_ok=True)
     path = out / f"{name}.html"
-    path.write_text(html, encoding="utf-8")
+    made = _prepare_out(out, path, key)  # before any work: a bad folder fails at once
+    try:
+        storage = storage_url(cfg.storage)
+        tracking_uri = setup(cfg.tracking.uri)
+        study = load_existing_study(name, storage)
+        html = render_report(study, str(cfg.tracking.experiment), tracking_uri, storage)
+        _write(path, html, key)
+    except BaseException:
+        _remove(made)  # no empty folders left behind by a report that failed
+        raise
     if log_to_mlflow:
         log_report(study, path, tracking_uri)
     return path
+
+
+def _prepare_out(out: Path, path: Path, key: str) -> list[Path]:
+    """Make ``out`` (and its missing parents) and check ``path`` can be written there.
+
+    Returns the folders it made, for :func:`_remove` if the report then fails; a
+    ConfigError naming ``key`` and the folder otherwise. Nothing is left behind.
+    """
+    if os.path.lexists(out) and not out.is_dir():
+        raise ConfigError(f"{key} {out}: not a folder")
+    made = [p for p in (out, *out.parents) if not os.path.lexists(p)]
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        if path.is_dir():
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR))
+        _temp(path).open("w").close()  # what _write() will create, then replace
+        _temp(path).unlink()
+    except OSError as exc:
+        _remove(made)
+        what = f"cannot write {path.name}" if out.is_dir() else "cannot create it"
+        raise ConfigError(f"{key} {out}: {what} ({exc.strerror or exc})") from None
+    return made
+
+
+def _temp(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def _write(path: Path, text: str, key: str) -> None:
+    """Write ``path`` whole or not at all (a temporary file, then renamed over it)."""
+    temp = _temp(path)
+    try:
+        temp.write_text(text, encoding="utf-8")
+        os.replace(temp, path)
+    except OSError as exc:
+        temp.unlink(missing_ok=True)
+        reason = exc.strerror or exc
+        raise ConfigError(f"{key} {path.parent}: cannot write {path.name} ({reason})") from None
+
+
+def _remove(folders: list[Path]) -> None:
+    """Remove the folders :func:`_prepare_out` made, deepest first, where still empty."""
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 def report_command(args: list[str]) -> int:
@@ -138,7 +191,7 @@ def report_command(args: list[str]) -> int:
             log = False
         elif arg == "--out" or arg.startswith("--out="):
             out_dir = arg.split("=", 1)[1] if "=" in arg else next(items, None)
-            if not out_dir:
+            if not out_dir or out_dir.startswith("--"):  # not the next option
                 raise ConfigError("--out: give a folder")
         elif arg.startswith("--"):
             raise ConfigError(f"sweep report: unknown option {arg}; options: --out DIR, --no-log")

@@ -35,6 +35,7 @@ from sweep.space import (
 )
 
 PARENT_RUN_ATTR = "mlflow_parent_run_id"
+COORDINATOR_TAG = "sweep.coordinator"  # the parent run's: the `sweep tune` running it
 FINISHED_STATES = ("COMPLETE", "PRUNED")
 SWEEP_KEYS = (*config_mod.RUN_KEYS, "study", "champion", "search", "sampler", "pruner", "storage")
 OBJECTIVE_EXTRAS = ("model/params", "time/fit")
@@ -354,7 +355,12 @@ def ensure_parent_run(study, spec: StudySpec) -> str:
     run = client.create_run(
         experiment_id,
         run_name=f"study-{spec.name}",
-        tags={**tracking.run_context_tags(), "sweep.role": "study", "study.name": spec.name},
+        tags={
+            **tracking.run_context_tags(),
+            "sweep.role": "study",
+            "study.name": spec.name,
+            COORDINATOR_TAG: _this_process(),
+        },
     )
     study.set_user_attr(PARENT_RUN_ATTR, run.info.run_id)
     _log_study_settings(client, run.info.run_id, spec)
@@ -382,8 +388,17 @@ def _record_resumed_settings(run, spec: StudySpec) -> None:
     invocations = int(run.data.tags.get("study.invocations", "1")) + 1
     with Recorder(run.info.run_id) as recorder:
         recorder.tags(
-            {"study.invocations": invocations, **{f"resumed.{k}": v for k, v in changed.items()}}
+            {
+                "study.invocations": invocations,
+                COORDINATOR_TAG: _this_process(),
+                **{f"resumed.{k}": v for k, v in changed.items()},
+            }
         )
+
+
+def _this_process() -> str:
+    """``host:pid``, as a trial's ``worker``: `sweep check` tells whether it is alive."""
+    return f"{platform.node()}:{os.getpid()}"
 
 
 def _study_settings(spec: StudySpec) -> dict[str, Any]:

@@ -51,11 +51,24 @@ def pid_alive(pid: int) -> bool:
 
 
 def _owner(trial) -> tuple[str, int] | None:
-    worker = trial.user_attrs.get("worker")
-    if not worker or ":" not in worker:
+    return parse_worker(trial.user_attrs.get("worker"))
+
+
+def parse_worker(worker: str | None) -> tuple[str, int] | None:
+    """``"host:pid"`` (a trial's ``worker`` attr, the parent run's coordinator tag) as
+    ``(host, pid)``; None when absent or malformed."""
+    host, sep, pid = (worker or "").rpartition(":")
+    return (host, int(pid)) if sep and host and pid.isdigit() else None
+
+
+def worker_gone(worker: str | None) -> bool | None:
+    """Whether the process ``"host:pid"`` is gone: True when it was on this host and has
+    exited, False when it is alive, None when it cannot be told (none recorded, or on
+    another host)."""
+    owner = parse_worker(worker)
+    if owner is None or owner[0] != platform.node():
         return None
-    host, pid = worker.rsplit(":", 1)
-    return host, int(pid)
+    return not pid_alive(owner[1])
 
 
 def _already_retried(study, number: int) -> bool:

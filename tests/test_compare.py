@@ -204,6 +204,29 @@ def test_runs_unknown_experiment_names_the_known_ones(store: TinyStore) -> None:
         compare.runs(["nope"], tracking_uri=store.uri)
 
 
+def test_runs_unknown_study_names_the_known_ones(store: TinyStore) -> None:
+    from sweep import compare
+    from sweep.errors import ConfigError
+
+    known = f"known: {STUDY_A}, {STUDY_B}"
+    with pytest.raises(ConfigError, match=rf"^studies: no study named 'nosuch'; {known}$"):
+        compare.runs(studies=[STUDY_A, "nosuch"], tracking_uri=store.uri)
+    with pytest.raises(ConfigError, match=rf"^studies: no study named 'nosuch'; {known}$"):
+        compare.runs(studies="nosuch", filter="params.seed = '0'", tracking_uri=store.uri)
+    only_plain = rf"^studies: no study named '{STUDY_A}' in experiments {PLAIN}; known: none$"
+    with pytest.raises(ConfigError, match=only_plain):
+        compare.runs([PLAIN], studies=[STUDY_A], tracking_uri=store.uri)
+
+
+def test_runs_of_a_known_study_that_nothing_matches_are_empty(store: TinyStore) -> None:
+    from sweep import compare
+
+    no_rerun = compare.runs(studies=[STUDY_B], states=["CHAMPION_RERUN"], tracking_uri=store.uri)
+    assert no_rerun.empty  # champion.k=0: the study exists, no run has that state
+    no_width = "params.`model.width` = 'nope'"
+    assert compare.runs(studies=[STUDY_A], filter=no_width, tracking_uri=store.uri).empty
+
+
 @pytest.mark.parametrize(
     ("values", "dtype", "expected"),
     [
@@ -334,6 +357,34 @@ def test_compare_command_rejects_bad_arguments(
     assert main(bad_filter) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: filter='params.x ==== 1': ") and err.count("\n") == 1
+
+
+def test_compare_command_rejects_an_unknown_study_and_a_negative_limit(
+    store: TinyStore, capsys: pytest.CaptureFixture
+) -> None:
+    from sweep.cli import main
+
+    uri = f"tracking.uri={store.uri}"
+    assert main(["compare", "studies=[nosuch]", uri]) == 2
+    out, err = capsys.readouterr()
+    assert err == f"error: studies: no study named 'nosuch'; known: {STUDY_A}, {STUDY_B}\n"
+    assert out == ""
+    assert main(["compare", "limit=-1", uri]) == 2
+    assert capsys.readouterr().err == "error: limit='-1': must be >= 0\n"
+    assert main(["compare", "limit=ten", uri]) == 2
+    assert capsys.readouterr().err == "error: limit='ten': must be a whole number >= 0\n"
+
+
+def test_compare_command_prints_a_known_study_without_matching_runs(
+    store: TinyStore, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sweep.cli import main
+
+    monkeypatch.setenv("COLUMNS", "300")
+    args = [f"studies=[{STUDY_B}]", "states=[CHAMPION_RERUN]", f"tracking.uri={store.uri}"]
+    assert main(["compare", *args]) == 0
+    out, err = capsys.readouterr()
+    assert err == "" and STUDY_B in out and "trial-0000" not in out
 
 
 def test_compare_command_keeps_the_quoted_literals_of_a_filter(

@@ -233,6 +233,63 @@ def test_report_command_and_unknown_study(
     assert main(["report", "study.name=../x"]) == 2
 
 
+def _never(*args: object, **kwargs: object) -> None:
+    raise AssertionError("called although --out is bad")
+
+
+def test_report_out_must_be_a_folder_it_can_write_checked_first(
+    store: TinyStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """A bad --out: one line naming it, exit 2, before the page is drawn or logged to
+    MLflow, and no folder or file left behind."""
+    from sweep import report
+    from sweep.cli import main
+
+    monkeypatch.chdir(store.root)
+    monkeypatch.setattr(report, "render_report", _never)
+    monkeypatch.setattr(report, "log_report", _never)
+    (tmp_path / "good.csv").write_text("a\n")
+    (tmp_path / "taken" / f"{STUDY_B}.html").mkdir(parents=True)
+    cases = {
+        tmp_path / "good.csv": "not a folder",
+        tmp_path / "good.csv" / "sub": "cannot create it (Not a directory)",
+        tmp_path / "taken": f"cannot write {STUDY_B}.html (Is a directory)",
+    }
+    if Path("/proc/self").exists():  # Linux: nothing can be made in /proc
+        cases[Path("/proc/nope")] = "cannot create it (No such file or directory)"
+    before = sorted(tmp_path.rglob("*"))
+    for out, why in cases.items():
+        assert main(["report", *store.overrides(STUDY_B), "--out", str(out)]) == 2
+        assert capsys.readouterr().err == f"error: --out {out}: {why}\n"
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+@pytest.mark.parametrize("args", [["--out", "--no-log"], ["--no-log", "--out"], ["--out="]])
+def test_report_out_needs_a_folder_not_an_option(
+    args: list[str], store: TinyStore, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    from sweep import report
+    from sweep.cli import main
+
+    monkeypatch.chdir(store.root)
+    monkeypatch.setattr(report, "render_report", _never)
+    assert main(["report", *store.overrides(STUDY_B), *args]) == 2
+    assert capsys.readouterr().err == "error: --out: give a folder\n"
+    assert not (store.root / "--no-log").exists()
+
+
+def test_a_failed_report_leaves_no_folder_it_made(
+    store: TinyStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    from sweep.cli import main
+
+    monkeypatch.chdir(store.root)
+    out = tmp_path / "new" / "deep"
+    assert main(["report", *store.overrides("missing"), "--out", str(out), "--no-log"]) == 2
+    assert "study.name=missing: no such study" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("command", ["report", "check"])
 def test_reading_a_study_where_there_is_no_storage_creates_none(
     command: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys

@@ -312,6 +312,67 @@ def test_a_worker_killed_mid_trial_is_failed_retried_and_its_run_closed(tracked,
     assert run.info.status == "KILLED" and "died" in run.data.tags["error"]
 
 
+def _pause_mid_trial(name: str, proc: subprocess.Popen):
+    """SIGSTOP ``proc`` (alive, frozen) while one of its trials is RUNNING with its MLflow
+    run: that trial. Stopped between two trials, it goes on (SIGCONT) and is tried again."""
+    me = f"{platform.node()}:{proc.pid}"
+    for _ in range(20):
+        _wait_for_running_trial(name, [], proc)
+        proc.send_signal(signal.SIGSTOP)
+        for trial in _load(name).get_trials(deepcopy=False):
+            attrs = trial.user_attrs
+            mine = attrs.get("worker") == me and "mlflow_run_id" in attrs
+            if trial.state.name == "RUNNING" and mine:
+                return trial
+        proc.send_signal(signal.SIGCONT)
+    raise AssertionError(f"{proc.args} was never stopped mid-trial")
+
+
+def test_check_lists_the_trial_and_parent_run_a_sigkilled_tune_left_running(tracked, tmp_path):
+    """`sweep tune` SIGKILLed mid-trial leaves its trial and both runs RUNNING: `sweep check`
+    says so (it agreed before, while the same process was alive), ignores a trial it cannot
+    check (another host's), and is clean once the same command has recovered and finished."""
+    import optuna
+
+    from sweep.study import PARENT_RUN_ATTR
+
+    name = "check_killed"
+    args = ["tune", *SLOW, f"study.name={name}", "study.n_trials=2"]
+    proc = _start(args, tmp_path, tracked)
+    try:
+        trial = _pause_mid_trial(name, proc)
+        assert _check(name) == []  # alive (stopped): its RUNNING trial and runs are fine
+        proc.kill()
+        proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    study = _load(name)
+    parent = study.user_attrs[PARENT_RUN_ATTR]
+    worker = f"{platform.node()}:{proc.pid}"
+    assert study.trials[trial.number].state.name == "RUNNING"
+    assert _check(name) == [
+        f"trial {trial.number} (RUNNING): its worker {worker} is gone; "
+        "rerun the same command to recover it",
+        f"parent run {parent} (sweep.role=study) is RUNNING, but its `sweep tune` "
+        f"{worker} is gone; rerun the same command to finish it",
+    ]
+    # A trial RUNNING on another host cannot be checked from here.
+    trial_id = study.trials[trial.number]._trial_id
+    study._storage.set_trial_user_attr(trial_id, "worker", "elsewhere:1")
+    assert len(_check(name)) == 1  # the parent run's `sweep tune` still is on this host
+    study._storage.set_trial_user_attr(trial_id, "worker", worker)
+
+    again = run_cli(*args, cwd=tmp_path, uri=tracked, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    study = _assert_complete(name, 2)  # `sweep check` clean among the rest
+    assert study.trials[trial.number].state == optuna.trial.TrialState.FAIL
+    assert "died" in study.trials[trial.number].user_attrs["error"]
+    statuses = {r.info.run_id: r.info.status for r in _all_runs(name)}
+    assert statuses[parent] == "FINISHED"
+    assert statuses[trial.user_attrs["mlflow_run_id"]] == "KILLED"
+
+
 def _sigterm_stops_quietly(proc: subprocess.Popen, when) -> None:
     """``when()`` (it waits for the moment), then SIGTERM: ``proc`` exits 130, no traceback."""
     try:
