@@ -28,7 +28,7 @@ help:
 	@echo "set up:   make sweep (default study, creates .venv) | make test"
 	@echo "run:      make train | sweep | worker | check          ARGS=\"hydra overrides\""
 	@echo "          make sweep EXP=name (conf/experiment/) N_TRIALS=n STORAGE=url"
-	@echo "look:     make ui | optuna-dashboard | report STUDY=name | compare ARGS=\"experiments=[a,b]\""
+	@echo "look:     make ui | optuna-dashboard | report STUDY=name | compare ARGS=\"experiments=[a,b]\" | notebook"
 	@echo "deploy:   make serve [STUDY=name|MODEL=uri] | predict ARGS=\"model=... input=... output=...\" | rerun RUN=id"
 	@echo "scale:    make tracking-server | worker ARGS=\"storage=postgres tracking=server study.name=...\""
 	@echo "develop:  make lint | bench | bench-gpu | clean        TORCH=\"$(TORCH)\""
@@ -106,7 +106,7 @@ rerun: $(STAMP)
 # Compare and report (sweep.compare, sweep.report). make compare ARGS="experiments=[a,b]";
 # make report STUDY=name (or ARGS="study.name=name ...") writes dashboards/generated/<study>.html;
 # make optuna-dashboard [ARGS="study overrides"] serves optuna-dashboard over the study storage.
-.PHONY: compare report optuna-dashboard
+.PHONY: compare report notebook optuna-dashboard
 STUDY ?=
 DASHBOARD_PORT ?= 8080
 
@@ -115,6 +115,12 @@ compare: $(STAMP)
 
 report: $(STAMP)
 	$(study_env) $(BIN)/sweep report $(study_args) $(if $(STUDY),study.name=$(STUDY)) $(ARGS)
+
+# The comparison notebook run headless over the project's store (SWEEP_EXPERIMENTS=a,b to pick).
+notebook: $(STAMP)
+	mkdir -p dashboards/generated
+	$(BIN)/jupyter execute --output=generated/compared dashboards/compare_experiments.ipynb
+	@echo "notebook: dashboards/generated/compared.ipynb"
 
 optuna-dashboard: $(STAMP)
 	$(study_env) $(BIN)/sweep optuna-dashboard --host $(HOST) --port $(DASHBOARD_PORT) $(study_args) $(ARGS)

@@ -105,6 +105,9 @@ def prepare(overrides: list[str], check_space: bool = True) -> StudySpec:
     dataset = load_data(cfg)  # bad data fails here, before any study or run exists
     monitor, mode = monitor_of(cfg, dataset.task)
     metrics = _objectives(study.metrics, monitor, mode, dataset.task)
+    if len(metrics) == 1 and metrics[0] != (monitor, "maximize" if mode == "max" else "minimize"):
+        overrides = _monitor_the_objective(cfg, metrics[0], list(overrides))
+        monitor, mode = monitor_of(cfg, dataset.task)
     n_workers = resolve_workers(study.n_workers, str(cfg.trainer.accelerator), dataset.nbytes)
     threads = env_threads(n_workers, study.get("threads", "auto"))
     build_sampler(cfg.sampler, params, int(study.seed), n_workers, len(metrics))
@@ -234,6 +237,35 @@ def _objectives(raw: Any, monitor: str, mode: str, task: str) -> list[tuple[str,
     if not metrics:
         raise ConfigError("study.metrics: give at least one metric (or auto)")
     return metrics
+
+
+def _monitor_the_objective(
+    cfg: DictConfig, objective: tuple[str, str], overrides: list[str]
+) -> list[str]:
+    """A single-objective study monitors its objective in every trial: the best epoch (the
+    trial's value), early stopping and the pruner all read the monitored metric, so
+    ``study.metrics=val/loss`` with the default monitor (val/acc) would prune on accuracy
+    in a loss's direction. Returns the overrides that make the monitor follow, and sets
+    them on ``cfg``; a ConfigError where the user set another monitor or mode."""
+    name, direction = objective
+    mode = "max" if direction == "maximize" else "min"
+    if not name.startswith("val/"):
+        raise ConfigError(
+            f"study.metrics={name}: alone it would ignore the model's quality; list it "
+            f"beside a val/* metric (a multi-objective study)"
+        )
+    extra = []
+    for key, wanted in (("monitor", name), ("mode", mode)):
+        given = cfg.trainer[key]
+        if given not in ("auto", wanted):
+            raise ConfigError(
+                f"study.metrics={name} ({direction}): trainer.{key}={given} disagrees; each "
+                f"trial monitors the objective (best epoch, early stopping, pruning): set "
+                f"trainer.{key}={wanted}, or leave it auto"
+            )
+        cfg.trainer[key] = wanted
+        extra.append(f"trainer.{key}={wanted}")
+    return config_mod.merge_overrides(overrides, extra)
 
 
 # -- the study and its parent MLflow run ----------------------------------------------------

@@ -16,13 +16,18 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> TinyStore:
     return tiny_store(tmp_path_factory)
 
 
-def _execute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, experiments: str, uri: str):
+def _execute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, experiments: str, uri: str | None):
+    """Run the notebook with ``tmp_path`` as the kernel's working directory (Jupyter's is
+    the notebook's folder); ``uri=None``: no store given, the notebook finds its own."""
     import nbclient
     import nbformat
 
     # The notebook's parameters come from the environment; the kernel inherits it.
     monkeypatch.setenv("SWEEP_EXPERIMENTS", experiments)
-    monkeypatch.setenv("SWEEP_TRACKING_URI", uri)
+    if uri is None:
+        monkeypatch.delenv("SWEEP_TRACKING_URI", raising=False)
+    else:
+        monkeypatch.setenv("SWEEP_TRACKING_URI", uri)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     client = nbclient.NotebookClient(
@@ -58,3 +63,23 @@ def test_notebook_compares_two_studies(
     # Parameters must be the first code cell, tagged for papermill.
     first = next(c for c in notebook.cells if c.cell_type == "code")
     assert "parameters" in first.metadata.get("tags", [])
+
+
+def test_notebook_opened_in_dashboards_reads_the_projects_store(
+    store: TinyStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Jupyter starts the kernel in dashboards/; `make sweep` wrote mlflow.db one level up."""
+    import shutil
+
+    from nbclient.exceptions import CellExecutionError
+
+    dashboards = tmp_path / "project" / "dashboards"
+    dashboards.mkdir(parents=True)
+    with pytest.raises(CellExecutionError, match=r"no MLflow store at .*: run `make sweep`"):
+        _execute(dashboards, monkeypatch, STUDY_A, None)
+    assert list(tmp_path.rglob("mlflow.db")) == []  # reading created no empty store
+    shutil.copy(store.root / "mlflow.db", tmp_path / "project" / "mlflow.db")
+    outputs = _outputs(_execute(dashboards, monkeypatch, STUDY_A, None))
+    assert not [o for o in outputs if o.output_type == "error"]
+    text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    assert f"in 1 experiments: {STUDY_A}" in text

@@ -384,6 +384,50 @@ def test_multi_objective_study_logs_the_pareto_front(tracked):
     assert MlflowClient().get_run(parent).data.tags["pareto_trials"] == front
 
 
+def test_a_single_objective_other_than_the_monitor_is_what_trials_monitor(tracked):
+    """study.metrics=val/loss on a classification task: each trial's best epoch, early
+    stopping, pruning and the champion all read val/loss, in its direction."""
+    from mlflow.tracking import MlflowClient
+
+    objective = "study.metrics=[{name: val/loss, direction: minimize}]"
+    settings = ["study.name=loss", "study.n_trials=4", "champion.k=1", "champion.seeds=1"]
+    summary = _tune([*BASE, *settings, "tracking.log_model=false", "pruner=median", objective])
+    client = MlflowClient()
+    for trial in _study("loss").trials:
+        run = client.get_run(trial.user_attrs["mlflow_run_id"])
+        assert run.data.params["trainer.monitor"] == "val/loss"
+        assert run.data.params["trainer.mode"] == "min"
+        losses = [m.value for m in client.get_metric_history(run.info.run_id, "val/loss")]
+        best_so_far = [min(losses[: i + 1]) for i in range(len(losses))]
+        assert list(trial.intermediate_values.values()) == pytest.approx(best_so_far)
+        if trial.state.name == "COMPLETE":
+            assert trial.value == pytest.approx(min(losses))
+    assert summary["champion"]["monitor"] == "val/loss"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["study.metrics=[model/params]"], "study.metrics=model/params: alone it would ignore"),
+        (
+            ["study.metrics=[val/loss]", "trainer.monitor=val/acc"],
+            "study.metrics=val/loss (minimize): trainer.monitor=val/acc disagrees",
+        ),
+        (
+            ["study.metrics=[{name: val/f1, direction: minimize}]", "trainer.mode=max"],
+            "study.metrics=val/f1 (minimize): trainer.mode=max disagrees",
+        ),
+    ],
+)
+def test_a_single_objective_the_trials_cannot_monitor_is_refused(tracked, overrides, message):
+    from sweep.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        _tune([*QUICK, "study.name=bad", *overrides])
+    assert str(info.value).startswith(message)
+    assert _runs("bad", role=None) == []
+
+
 def test_the_terminal_summary_shows_the_pareto_front_with_metric_names(tracked, capsys):
     from sweep.study import print_summary
 
