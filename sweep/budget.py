@@ -59,10 +59,11 @@ class _NoLock:
 
 def make_lock(storage_url: str, study_name: str) -> Any:
     """The inter-process lock for a storage URL (no lock for other databases)."""
-    for prefix in ("journal:///", "sqlite:///"):
-        if storage_url.startswith(prefix):
-            path = Path(storage_url[len(prefix) - 1 :])
-            return _FileLock(path.with_name(f"{path.name}.{study_name}.lock"))
+    from sweep.optuna_parts import storage_file
+
+    path = storage_file(storage_url)  # sqlite:///relative.db is relative (SQLAlchemy's rule)
+    if path is not None:
+        return _FileLock(path.with_name(f"{path.name}.{study_name}.lock"))
     if storage_url.startswith("postgresql"):
         return _PostgresLock(storage_url, f"sweep:{study_name}")
     return _NoLock()

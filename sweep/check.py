@@ -86,8 +86,8 @@ def mismatches(study, runs: list[Any], parent: Any | None = None) -> list[str]:
         label = f"trial {trial.number} ({state})"
         if state == "RUNNING" and worker_gone(trial.user_attrs.get("worker")):
             problems.append(
-                f"{label}: its worker {trial.user_attrs['worker']} is gone; "
-                f"rerun the same command to recover it"
+                f"{label}: its worker {trial.user_attrs['worker']} is gone; rerun the "
+                f"study's sweep tune (or sweep worker) command to recover it"
             )
         run_id = trial.user_attrs.get("mlflow_run_id")
         if not run_id:
@@ -121,7 +121,7 @@ def mismatches(study, runs: list[Any], parent: Any | None = None) -> list[str]:
         if worker_gone(coordinator):
             problems.append(
                 f"parent run {parent.info.run_id} (sweep.role=study) is RUNNING, but its "
-                f"`sweep tune` {coordinator} is gone; rerun the same command to finish it"
+                f"`sweep tune` {coordinator} is gone; rerun that command to finish it"
             )
     return problems
 

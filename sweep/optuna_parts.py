@@ -229,6 +229,23 @@ def storage_file(url: str) -> Path | None:
     return Path("/" + path.lstrip("/")) if scheme == "journal" else Path(path)
 
 
+def _check_journal_file(path: Path) -> None:
+    """An existing file must start like an Optuna journal (a JSON line with an op_code):
+    Optuna would otherwise append its log to whatever file the path names."""
+    import json
+
+    if not path.is_file() or path.stat().st_size == 0:
+        return  # a new journal, or a directory (open() names it)
+    with path.open("rb") as handle:
+        first = handle.readline(1 << 16)
+    try:
+        entry = json.loads(first)
+    except ValueError:
+        entry = None
+    if not isinstance(entry, dict) or "op_code" not in entry:
+        raise ValueError("not an Optuna journal (its first line is not a journal entry)")
+
+
 def missing_storage_file(url: str) -> Path | None:
     """The file of a journal or SQLite storage URL when it does not exist, else None."""
     path = storage_file(url)
@@ -299,17 +316,21 @@ def build_storage(url: str, heartbeat_interval: int | None = None, grace_period:
     from optuna.storages.journal import JournalFileBackend
 
     path = storage_file(url)
-    lock = Path(f"{path}.flock") if url.startswith("journal:///") else None
+    journal = url.startswith("journal:")
+    if journal and path is None:
+        raise ConfigError(f"storage.url={url}: give the journal file, journal:///path/to/file")
+    lock = Path(f"{path}.flock") if journal else None
     had_lock = lock is not None and lock.exists()
     try:
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-        if url.startswith("journal:///"):
+        if journal:
+            _check_journal_file(path)
             backend = JournalFileBackend(str(path), lock_obj=JournalFlock(str(path)))
             storage = JournalStorage(backend)
-            storage.get_all_studies()  # reads the journal: a file of another kind fails here
+            storage.get_all_studies()  # replays the journal: a damaged one fails here
             return storage
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, KeyError, TypeError) as exc:
         if lock is not None and not had_lock:
             lock.unlink(missing_ok=True)  # ours: not left beside the user's file
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc

@@ -244,8 +244,9 @@ def rerun(run_id: str, overrides: list[str] | None = None, warn: Any = None) -> 
     overridden = "tracking.experiment" in keys or "tracking" in keys
     experiment = None if overridden else source.experiment
     tags = {"rerun_of": run_id, "sweep.role": "rerun"}
-    if experiment is not None and source.tags.get("study.name"):
-        # Beside its study's runs, it counts in the study's row of compare.summary().
+    if experiment is not None and not overrides and source.tags.get("study.name"):
+        # The same training beside its study's runs: it counts in the study's row of
+        # compare.summary(). With overrides it trains something else, outside the study.
         tags["study.name"] = source.tags["study.name"]
     result = run(
         cfg,

@@ -277,8 +277,10 @@ def open_study(spec: StudySpec, create: bool = True):
     """
     import optuna
 
-    from sweep.optuna_parts import build_pruner, build_sampler, build_storage
+    from sweep.optuna_parts import build_pruner, build_sampler, build_storage, missing_storage_file
 
+    if not create and missing_storage_file(spec.storage_url) is not None:  # joining makes none
+        raise ConfigError(f"study.name={spec.name}: no such study in the storage")
     storage_cfg = spec.cfg.storage
     storage = build_storage(
         spec.storage_url, storage_cfg.get("heartbeat_interval"), storage_cfg.get("grace_period")
@@ -322,18 +324,34 @@ _DATA_SETTINGS = {"batch_size", "loader"}
 
 
 def study_identity(spec: StudySpec) -> dict[str, str]:
-    """What a study's values mean: its objectives, and the data keys that decide its rows
-    (the data set, file, target, split). Trials of other data or objectives cannot be ranked
-    with its own; anything else (space, sampler, epochs) may change on resume."""
+    """What a study's values mean: the data keys that decide its rows (the data set, the
+    file's contents, target, split) and its objectives. Trials of other data or objectives
+    cannot be ranked with its own; anything else (space, sampler, epochs) may change."""
     searched = {p.key for p in spec.params}
-    identity = {"study.metrics": ",".join(name for name, _ in spec.metrics)}
+    identity = {}
     for key, value in config_mod.flatten(spec.cfg.data).items():
         if key in _DATA_SETTINGS or f"data.{key}" in searched:
             continue
         if key == "path" and value:
-            value = Path(str(value)).expanduser().resolve()  # the file, from any directory
+            value = _file_fingerprint(Path(str(value)).expanduser())  # the same file anywhere
+        elif key == "task":
+            value = spec.task  # auto resolved: auto and classification can be the same
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            value = f"{float(value):.12g}"  # data.noise=0 is 0.0
         identity[f"data.{key}"] = str(value)
+    identity["study.metrics"] = ",".join(name for name, _ in spec.metrics)
     return identity
+
+
+def _file_fingerprint(path: Path) -> str:
+    """``name sha256:<16 hex>``: a file by its contents, wherever it is mounted."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return f"{path.name} sha256:{digest.hexdigest()[:16]}"
 
 
 def check_identity(study, spec: StudySpec, record: bool) -> None:
@@ -345,12 +363,19 @@ def check_identity(study, spec: StudySpec, record: bool) -> None:
         if record:
             study.set_user_attr(IDENTITY_ATTR, mine)
         return
-    for key, before in recorded.items():
-        if key in mine and mine[key] != before:
+    for key, now in mine.items():  # the data first: a new data set changes the metrics too
+        before = recorded.get(key)
+        if before is None or before == now:
+            continue
+        if key == "data.path":
             raise ConfigError(
-                f"{key}={mine[key]}: study '{spec.name}' was run with {key}={before}; "
-                f"use another study.name, or the same {key}"
+                f"data.path={spec.cfg.data.path}: not the file study '{spec.name}' was run "
+                f"on ({before}, this is {now}); use another study.name, or that file"
             )
+        raise ConfigError(
+            f"{key}={now}: study '{spec.name}' was run with {key}={before}; "
+            f"use another study.name, or the same {key}"
+        )
 
 
 def worker_seed(seed: int) -> int:

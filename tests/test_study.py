@@ -176,6 +176,33 @@ def test_resuming_or_joining_with_other_data_or_objectives_is_refused(tracked, c
     assert len(_study("ident").trials) == 3
 
 
+def test_a_studys_file_is_known_by_its_contents_not_its_path(tracked, tmp_path):
+    """The same table copied elsewhere (another machine's mount, say) resumes the study;
+    `data.task=auto` is the task it resolves to; a table with other rows is refused."""
+    import numpy as np
+
+    from sweep.errors import ConfigError
+
+    rng = np.random.default_rng(0)
+    rows = "\n".join(f"{a:.3f},{b:.3f},{int(a + b > 0)}" for a, b in rng.normal(size=(120, 2)))
+    first, copy = tmp_path / "a" / "t.csv", tmp_path / "b" / "t.csv"
+    for path in (first, copy):
+        path.parent.mkdir()
+        path.write_text("x1,x2,y\n" + rows + "\n")
+    table = ["data=csv", "data.target=y", "search=tiny", "trainer.max_epochs=2"]
+    name = [*table, "study.name=file", "champion.k=0", "tracking.log_model=false"]
+    _tune([*name, f"data.path={first}", "study.n_trials=1"])
+    _tune([*name, f"data.path={copy}", "data.task=classification", "study.n_trials=2"])
+    assert len(_study("file").trials) == 2
+    copy.write_text("x1,x2,y\n" + rows + "\n0.5,0.5,1\n")
+    with pytest.raises(ConfigError) as info:
+        _tune([*name, f"data.path={copy}", "study.n_trials=3"])
+    assert str(info.value).startswith(
+        f"data.path={copy}: not the file study 'file' was run on (t.csv sha256:"
+    )
+    assert len(_study("file").trials) == 2
+
+
 def test_the_next_trial_may_start_only_once_this_ones_point_is_stored(tracked, monkeypatch):
     """Parallel workers sample knowing the running trials' points (TPE's constant liar,
     the grid of a conditional space): the start-a-trial lock is released after the
@@ -615,26 +642,43 @@ def test_bad_sampler_pruner_or_study_settings_fail_before_any_trial(
     assert _runs("bad", role=None) == []
 
 
-@pytest.mark.parametrize("kind", ["directory", "not a journal", "no parent"])
+USER_FILES = {"table": "a,b\n1,2\n", "one line": "hello", "json lines": '{"a": 1}\n{"b": 2}\n'}
+
+
+@pytest.mark.parametrize("kind", ["directory", "no parent", *USER_FILES])
 def test_a_storage_file_that_cannot_be_a_journal_is_one_line(tracked, tmp_path, kind):
+    """Never a traceback, and never Optuna's log appended to a file of the user's."""
     from sweep.errors import ConfigError
 
-    path = {
-        "directory": tmp_path / "adir",
-        "not a journal": tmp_path / "table.csv",
-        "no parent": Path("/proc/no/such/x.journal"),
-    }[kind]
+    path = tmp_path / "x"
     if kind == "directory":
         path.mkdir()
-    elif kind == "not a journal":
-        path.write_text("a,b\n1,2\n")
+    elif kind == "no parent":
+        path = Path("/proc/no/such/x.journal")
+    else:
+        path.write_text(USER_FILES[kind])
     with pytest.raises(ConfigError) as info:
         _tune([*QUICK, "study.name=bad", f"storage.path={path}"])
     assert str(info.value).startswith(f"storage {path}: cannot open it as an Optuna journal: ")
     assert _runs("bad", role=None) == []
     assert not Path(f"{path}.flock").exists()  # nothing left beside the user's file
-    if kind == "not a journal":
-        assert path.read_text() == "a,b\n1,2\n"
+    if kind in USER_FILES:
+        assert path.read_text() == USER_FILES[kind]
+
+
+def test_a_relative_sqlite_storage_url_keeps_its_files_here(tracked, tmp_path, monkeypatch):
+    """sqlite:///optuna.db is relative (SQLAlchemy's rule): the database and the trial
+    budget's lock beside it, in the working directory."""
+    monkeypatch.setenv("SWEEP_STORAGE_URL", "sqlite:///rel.db")
+    _tune([*QUICK, "study.name=rel", "study.n_trials=1", "storage=sqlite"])
+    assert (tmp_path / "rel.db").exists() and (tmp_path / "rel.db.rel.lock").exists()
+
+
+def test_joining_a_study_where_there_is_no_storage_creates_none(tracked, cli, tmp_path):
+    proc = cli("worker", *QUICK, "study.name=nothing")
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: study.name=nothing: no such study in the storage"
+    assert not (tmp_path / ".sweep").exists()
 
 
 def test_bad_settings_on_the_cli_exit_2_with_one_line_and_no_run(cli, tmp_path):

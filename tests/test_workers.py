@@ -352,10 +352,10 @@ def test_check_lists_the_trial_and_parent_run_a_sigkilled_tune_left_running(trac
     worker = f"{platform.node()}:{proc.pid}"
     assert study.trials[trial.number].state.name == "RUNNING"
     assert _check(name) == [
-        f"trial {trial.number} (RUNNING): its worker {worker} is gone; "
-        "rerun the same command to recover it",
+        f"trial {trial.number} (RUNNING): its worker {worker} is gone; rerun the "
+        "study's sweep tune (or sweep worker) command to recover it",
         f"parent run {parent} (sweep.role=study) is RUNNING, but its `sweep tune` "
-        f"{worker} is gone; rerun the same command to finish it",
+        f"{worker} is gone; rerun that command to finish it",
     ]
     # A trial RUNNING on another host cannot be checked from here.
     trial_id = study.trials[trial.number]._trial_id
