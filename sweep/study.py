@@ -308,17 +308,18 @@ def open_study(spec: StudySpec, create: bool = True):
         directions=spec.directions,
         load_if_exists=True,
     )
+    check_identity(study, spec, record=True)  # first: other data changes the metrics too
     existing = [d.name.lower() for d in study.directions]
     if existing != spec.directions:
         raise ConfigError(
             f"study.metrics: study '{spec.name}' exists with directions "
             f"{existing}, not {spec.directions}; use another study.name"
         )
-    check_identity(study, spec, record=True)
     return study
 
 
 IDENTITY_ATTR = "sweep.identity"
+TARGET_ATTR = "sweep.n_trials"  # the study's target, set by its `sweep tune`
 # Data keys that change how a study trains, not which rows it trains, validates and tests on.
 _DATA_SETTINGS = {"batch_size", "loader"}
 
@@ -344,14 +345,14 @@ def study_identity(spec: StudySpec) -> dict[str, str]:
 
 
 def _file_fingerprint(path: Path) -> str:
-    """``name sha256:<16 hex>``: a file by its contents, wherever it is mounted."""
+    """``sha256:<16 hex>``: a file by its contents, whatever its name or folder."""
     import hashlib
 
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
-    return f"{path.name} sha256:{digest.hexdigest()[:16]}"
+    return f"sha256:{digest.hexdigest()[:16]}"
 
 
 def check_identity(study, spec: StudySpec, record: bool) -> None:
@@ -369,8 +370,8 @@ def check_identity(study, spec: StudySpec, record: bool) -> None:
             continue
         if key == "data.path":
             raise ConfigError(
-                f"data.path={spec.cfg.data.path}: not the file study '{spec.name}' was run "
-                f"on ({before}, this is {now}); use another study.name, or that file"
+                f"data.path={spec.cfg.data.path}: other contents ({now}) than the file study "
+                f"'{spec.name}' was run on ({before}); use another study.name, or that file"
             )
         raise ConfigError(
             f"{key}={now}: study '{spec.name}' was run with {key}={before}; "
@@ -748,6 +749,7 @@ def tune(overrides: list[str], progress: bool = True) -> dict[str, Any]:
     try:
         tracking.setup(spec.cfg.tracking.uri, check_store=True)
         study = open_study(spec)
+        study.set_user_attr(TARGET_ATTR, spec.n_trials)  # what joining workers aim for
         parent_run_id = ensure_parent_run(study, spec)
     except BaseException:
         release_workers(waiting, go=False)

@@ -168,6 +168,19 @@ def retry_interrupted(study) -> None:
             retry_trial(study, trial, "interrupted")
 
 
+def study_target(study, own: int, args: list[str]) -> int:
+    """How many finished trials a joining worker aims for: the study's own target, as its
+    `sweep tune` set it, unless this worker's command sets ``study.n_trials`` itself (to
+    add trials). The config's default would otherwise stop a worker of a 200-trial study
+    at 20, or add 17 trials to a 3-trial one."""
+    from sweep.config import override_key
+    from sweep.study import TARGET_ATTR
+
+    if any(override_key(a) == "study.n_trials" for a in args):
+        return own
+    return int(study.user_attrs.get(TARGET_ATTR, own))
+
+
 def worker_command(args: list[str]) -> int:
     """``sweep worker [overrides]``: join an existing study and run trials until done."""
     from sweep import tracking
@@ -196,6 +209,7 @@ def worker_command(args: list[str]) -> int:
             return 0  # it stopped before the study was ready
         signal.signal(signal.SIGINT, signal.default_int_handler)
     study = open_study(spec, create=False)
+    spec.n_trials = study_target(study, spec.n_trials, args)
     parent_run_id = study.user_attrs.get(PARENT_RUN_ATTR)
     if not parent_run_id:
         from sweep.errors import ConfigError

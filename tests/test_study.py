@@ -185,7 +185,7 @@ def test_a_studys_file_is_known_by_its_contents_not_its_path(tracked, tmp_path):
 
     rng = np.random.default_rng(0)
     rows = "\n".join(f"{a:.3f},{b:.3f},{int(a + b > 0)}" for a, b in rng.normal(size=(120, 2)))
-    first, copy = tmp_path / "a" / "t.csv", tmp_path / "b" / "t.csv"
+    first, copy = tmp_path / "a" / "t.csv", tmp_path / "b" / "renamed.csv"
     for path in (first, copy):
         path.parent.mkdir()
         path.write_text("x1,x2,y\n" + rows + "\n")
@@ -198,8 +198,12 @@ def test_a_studys_file_is_known_by_its_contents_not_its_path(tracked, tmp_path):
     with pytest.raises(ConfigError) as info:
         _tune([*name, f"data.path={copy}", "study.n_trials=3"])
     assert str(info.value).startswith(
-        f"data.path={copy}: not the file study 'file' was run on (t.csv sha256:"
+        f"data.path={copy}: other contents (sha256:"
     )
+    assert "than the file study 'file' was run on (sha256:" in str(info.value)
+    # Another target on the same table: that key, not the direction it implies.
+    with pytest.raises(ConfigError, match=r"^data.target=x1: study 'file' was run with"):
+        _tune([*name, f"data.path={first}", "data.target=x1", "study.n_trials=3"])
     assert len(_study("file").trials) == 2
 
 

@@ -312,6 +312,19 @@ def test_a_worker_killed_mid_trial_is_failed_retried_and_its_run_closed(tracked,
     assert run.info.status == "KILLED" and "died" in run.data.tags["error"]
 
 
+def test_a_joining_worker_aims_for_the_studys_own_target(tracked, tmp_path):
+    """Without study.n_trials of its own, `sweep worker` stops at the target `sweep tune`
+    set (3 here), not at the config's default (20); with one, it adds trials up to it."""
+    args = [*QUICK, "study.name=target"]
+    assert run_cli("tune", *args, "study.n_trials=3", cwd=tmp_path, uri=tracked).returncode == 0
+    joined = run_cli("worker", *args, cwd=tmp_path, uri=tracked)
+    assert joined.returncode == 0, joined.stderr[-3000:]
+    assert len(_load("target").trials) == 3
+    more = run_cli("worker", *args, "study.n_trials=4", cwd=tmp_path, uri=tracked)
+    assert more.returncode == 0, more.stderr[-3000:]
+    assert len(_load("target").trials) == 4
+
+
 def _pause_mid_trial(name: str, proc: subprocess.Popen):
     """SIGSTOP ``proc`` (alive, frozen) while one of its trials is RUNNING with its MLflow
     run: that trial. Stopped between two trials, it goes on (SIGCONT) and is tried again."""
