@@ -70,9 +70,12 @@ def parent_run(study) -> Any | None:
         return None  # gone from the store: nothing left RUNNING
 
 
-def mismatches(study, runs: list[Any], parent: Any | None = None) -> list[str]:
+def mismatches(
+    study, runs: list[Any], parent: Any | None = None, reruns: list[Any] | None = None
+) -> list[str]:
     """Every disagreement between the study's trials and its trial runs; with ``parent``
-    (the study's parent run), also that run left RUNNING by a coordinator that is gone."""
+    (the study's parent run), also that run left RUNNING by a coordinator that is gone,
+    and any RUNNING champion re-run in ``reruns`` whose process is gone."""
     from sweep.workers import worker_gone
 
     problems: list[str] = []
@@ -114,6 +117,13 @@ def mismatches(study, runs: list[Any], parent: Any | None = None) -> list[str]:
                 f"run {run.info.run_id} (trial.number={number}, {run.info.status}) "
                 f"has no trial in the study"
             )
+    for run in reruns or []:
+        if worker_gone(run.data.tags.get("worker")):
+            problems.append(
+                f"champion re-run {run.info.run_id} ({run.info.run_name}) is RUNNING, but its "
+                f"process {run.data.tags['worker']} is gone; rerun the study's sweep tune "
+                f"command to close it"
+            )
     if parent is not None and parent.info.status == "RUNNING":
         from sweep.study import COORDINATOR_TAG
 
@@ -140,7 +150,11 @@ def _value_mismatch(label: str, trial, run) -> list[str]:
 
 def check(overrides: list[str]) -> list[str]:
     study, _ = load_study(overrides)
-    return mismatches(study, trial_runs(study.study_name), parent_run(study))
+    from sweep.workers import running_reruns
+
+    parent = parent_run(study)
+    reruns = running_reruns(parent.info.run_id) if parent is not None else []
+    return mismatches(study, trial_runs(study.study_name), parent, reruns)
 
 
 def check_command(args: list[str]) -> int:

@@ -740,7 +740,7 @@ def warm_up(spec: StudySpec) -> None:
 def tune(overrides: list[str], progress: bool = True) -> dict[str, Any]:
     """``sweep tune``: create or resume the study, run it, pick the champion, summarise."""
     from sweep import tracking
-    from sweep.workers import recover, release_workers, start_local_workers
+    from sweep.workers import close_dead_reruns, recover, release_workers, start_local_workers
 
     spec = prepare(overrides)
     # The other workers start now and import while this process opens the study and its
@@ -758,6 +758,7 @@ def tune(overrides: list[str], progress: bool = True) -> dict[str, Any]:
     try:
         enqueue_base_point(study, spec)
         recover(study)  # trials and runs a killed earlier invocation left behind
+        close_dead_reruns(parent_run_id)
         bar = _ProgressBar(spec, study) if progress else None
         with bar or contextlib.nullcontext():
             if spec.n_workers > 1:

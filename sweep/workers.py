@@ -148,6 +148,34 @@ def close_orphan_runs(study, checked: set[int] | None = None) -> list[str]:
     return closed
 
 
+def running_reruns(parent_run_id: str) -> list[Any]:
+    """The study's champion re-runs still RUNNING (each tagged with its ``worker``)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    experiment_id = client.get_run(parent_run_id).info.experiment_id
+    query = (
+        f"tags.mlflow.parentRunId = '{parent_run_id}' and "
+        "tags.`sweep.role` = 'champion_rerun' and attributes.status = 'RUNNING'"
+    )
+    return client.search_runs([experiment_id], query, max_results=1000)
+
+
+def close_dead_reruns(parent_run_id: str) -> list[str]:
+    """Champion re-runs left RUNNING by a process on this host that died (a killed `sweep
+    tune` or re-run process), closed KILLED: the champion's selection re-trains them."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    closed = []
+    for run in running_reruns(parent_run_id):
+        if worker_gone(run.data.tags.get("worker")):
+            client.set_tag(run.info.run_id, "error", "its process died; re-trained on resume")
+            client.set_terminated(run.info.run_id, status="KILLED")
+            closed.append(run.info.run_id)
+    return closed
+
+
 def recover(study, checked: set[int] | None = None) -> None:
     """Everything a live process does about dead ones (``checked``: see
     :func:`close_orphan_runs`)."""

@@ -197,9 +197,7 @@ def test_a_studys_file_is_known_by_its_contents_not_its_path(tracked, tmp_path):
     copy.write_text("x1,x2,y\n" + rows + "\n0.5,0.5,1\n")
     with pytest.raises(ConfigError) as info:
         _tune([*name, f"data.path={copy}", "study.n_trials=3"])
-    assert str(info.value).startswith(
-        f"data.path={copy}: other contents (sha256:"
-    )
+    assert str(info.value).startswith(f"data.path={copy}: other contents (sha256:")
     assert "than the file study 'file' was run on (sha256:" in str(info.value)
     # Another target on the same table: that key, not the direction it implies.
     with pytest.raises(ConfigError, match=r"^data.target=x1: study 'file' was run with"):

@@ -456,6 +456,44 @@ def test_sigterm_during_the_parallel_champion_closes_every_run_and_resumes(track
     assert study.user_attrs["champion"]["registered_name"] == name
 
 
+def test_a_champion_rerun_a_sigkilled_tune_left_running_is_listed_and_closed(tracked, tmp_path):
+    """SIGKILL during the champion: `sweep check` lists the RUNNING re-run and the parent
+    run; the same command closes the re-run KILLED, re-trains it and checks clean."""
+    name = "champ_kill"
+    slow = [o for o in SLOW if not o.startswith(("champion.", "tracking.", "trainer.max"))]
+    args = ["tune", *slow, "trainer.max_epochs=40", f"study.name={name}", "study.n_trials=1"]
+    args += ["champion.k=1", "champion.seeds=2"]
+    proc = _start(args, tmp_path, tracked)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and proc.poll() is None:
+            running = [
+                r
+                for r in _all_runs(name)
+                if r.data.tags.get("sweep.role") == "champion_rerun" and r.info.status == "RUNNING"
+            ]
+            if running:
+                break
+            time.sleep(0.2)
+        assert running, "no champion re-run seen RUNNING"
+        proc.kill()
+        proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    (orphan,) = running
+    problems = _check(name)
+    assert any(p.startswith(f"champion re-run {orphan.info.run_id} (") for p in problems)
+    assert any(p.startswith("parent run ") for p in problems)
+    again = run_cli(*args, cwd=tmp_path, uri=tracked, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    _assert_complete(name, 1)  # `sweep check` clean among the rest
+    from mlflow.tracking import MlflowClient
+
+    closed = MlflowClient().get_run(orphan.info.run_id)
+    assert closed.info.status == "KILLED" and "died" in closed.data.tags["error"]
+
+
 def _free_port() -> int:
     import socket
 
