@@ -154,10 +154,19 @@ def _rerun_jobs(trial, spec, parent_run_id: str, seeds: list[int]) -> list:
     return jobs
 
 
+def test_metric_for(monitor: str, task: str) -> str:
+    """The test score reported beside the validation score ``monitor``: its own test
+    counterpart (val/f1 -> test/f1, val/loss -> test/loss), else the task's headline score
+    (test/acc, test/r2)."""
+    if monitor.startswith("val/"):
+        return "test/" + monitor.removeprefix("val/")
+    return "test/acc" if task == "classification" else "test/r2"
+
+
 def _summarise(trial, spec, results: list) -> dict[str, Any]:
     """A candidate's re-runs: mean and spread of its validation and test scores."""
     vals = [r.value for r in results]
-    test_metric = "test/acc" if spec.task == "classification" else "test/r2"
+    test_metric = test_metric_for(spec.monitor, spec.task)
     tests = [r.test.get(test_metric, float("nan")) for r in results]
     maximize = spec.mode == "max"
     best_seed = max(results, key=lambda r: r.value if maximize else -r.value)

@@ -984,7 +984,9 @@ def _top_trials_view(summary: dict[str, Any], rows: int = 5):
         title = f"top trials (by validation {metrics[0][0]})"
     if not len(top):
         return None
-    test_col = next((c for c in ("test/acc", "test/r2", "test/loss") if c in table), None)
+    # The objective's own test score (val/f1 -> test/f1), else the task's headline one.
+    own = metrics[0][0].replace("val/", "test/", 1) if metrics[0][0].startswith("val/") else None
+    test_col = next((c for c in (own, "test/acc", "test/r2", "test/loss") if c in table), None)
     params = [c for c in table if c.startswith("params.")]
     cols = ["number", "state", *value_cols, *params, *([test_col] if test_col else [])]
     names = {v: m for v, (m, _) in zip(value_cols, metrics, strict=False)}

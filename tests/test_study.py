@@ -431,7 +431,14 @@ def test_a_single_objective_other_than_the_monitor_is_what_trials_monitor(tracke
         assert list(trial.intermediate_values.values()) == pytest.approx(best_so_far)
         if trial.state.name == "COMPLETE":
             assert trial.value == pytest.approx(min(losses))
-    assert summary["champion"]["monitor"] == "val/loss"
+    champion = summary["champion"]
+    assert champion["monitor"] == "val/loss"
+    # Its test score is the objective's own, not the task's headline accuracy.
+    assert champion["test_metric"] == "test/loss"
+    (rerun,) = _runs("loss", role="champion_rerun")
+    assert champion["test_mean"] == pytest.approx(rerun.data.metrics["test/loss"])
+    version = client.get_model_version_by_alias("loss", "champion")
+    assert version.tags["test_metric"] == "test/loss"
 
 
 @pytest.mark.parametrize(
