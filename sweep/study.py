@@ -36,6 +36,7 @@ from sweep.space import (
 
 PARENT_RUN_ATTR = "mlflow_parent_run_id"
 COORDINATOR_TAG = "sweep.coordinator"  # the parent run's: the `sweep tune` running it
+STORAGE_TAG = "sweep.storage"  # the parent run's: its study's Optuna storage (redacted)
 FINISHED_STATES = ("COMPLETE", "PRUNED")
 SWEEP_KEYS = (*config_mod.RUN_KEYS, "study", "champion", "search", "sampler", "pruner", "storage")
 OBJECTIVE_EXTRAS = ("model/params", "time/fit")
@@ -279,8 +280,11 @@ def open_study(spec: StudySpec, create: bool = True):
 
     from sweep.optuna_parts import build_pruner, build_sampler, build_storage, missing_storage_file
 
-    if not create and missing_storage_file(spec.storage_url) is not None:  # joining makes none
+    no_file = missing_storage_file(spec.storage_url) is not None
+    if no_file and not create:  # joining makes none
         raise ConfigError(f"study.name={spec.name}: no such study in the storage")
+    if no_file:
+        check_experiment_is_free(spec)  # a new study: refused before its file exists
     storage_cfg = spec.cfg.storage
     storage = build_storage(
         spec.storage_url, storage_cfg.get("heartbeat_interval"), storage_cfg.get("grace_period")
@@ -300,6 +304,8 @@ def open_study(spec: StudySpec, create: bool = True):
             raise ConfigError(f"study.name={spec.name}: no such study in the storage") from None
         check_identity(study, spec, record=False)
         return study
+    if not no_file and spec.name not in optuna.get_all_study_names(storage):
+        check_experiment_is_free(spec)  # a new study: refused before it exists
     study = optuna.create_study(
         storage=storage,
         sampler=sampler,
@@ -316,6 +322,70 @@ def open_study(spec: StudySpec, create: bool = True):
             f"{existing}, not {spec.directions}; use another study.name"
         )
     return study
+
+
+def storage_label(url: str) -> str:
+    """A storage as the parent run's ``sweep.storage`` tag records it: the password hidden,
+    a file by its absolute path (a relative ``sqlite:///x.db`` depends on the directory)."""
+    from sweep.optuna_parts import storage_file
+    from sweep.tracking import redact
+
+    path = storage_file(url)
+    if path is None:
+        return redact(url)
+    scheme, absolute = url.partition(":")[0], str(path.resolve())
+    # journal:///p names /p; sqlite:////p does (SQLAlchemy's rule): see storage_file.
+    return f"{scheme}:///{absolute.lstrip('/') if scheme == 'journal' else absolute}"
+
+
+def check_experiment_is_free(spec: StudySpec) -> None:
+    """Before a new study is created: the MLflow experiment named after it must not hold a
+    study of the same name that lives on in another Optuna storage. The two would share one
+    experiment and one registered model: `sweep check` of either would list the other's
+    runs, and the champion alias would go to whichever finished last. A study that is gone
+    (its storage file deleted, or the study deleted from it), or whose parent run was
+    deleted in MLflow, leaves the name free."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(spec.name)
+    if experiment is None:
+        return
+    parents = client.search_runs(
+        [experiment.experiment_id],
+        filter_string="tags.`sweep.role` = 'study'",
+        max_results=100,
+    )
+    mine = storage_label(spec.storage_url)
+    for run in parents:
+        theirs = run.data.tags.get(STORAGE_TAG)
+        if theirs is None or theirs == mine:
+            continue  # recorded before this tag existed, or this storage, where it is gone
+        if _study_lives_in(theirs, spec.name, run.data.tags.get("host")):
+            raise ConfigError(
+                f"study.name={spec.name}: MLflow experiment '{spec.name}' holds study "
+                f"'{spec.name}' of another Optuna storage ({theirs}); use another "
+                f"study.name, or delete that study's parent run ({run.info.run_id}) in MLflow"
+            )
+
+
+def _study_lives_in(label: str, name: str, host: str | None) -> bool:
+    """Whether the storage ``label`` (a ``sweep.storage`` tag) may still hold study
+    ``name``: looked up when it is a file on this machine; a database, or a file on
+    another machine, is taken to hold it (its credentials and disks are not ours)."""
+    import optuna
+
+    from sweep.optuna_parts import build_storage, storage_file
+
+    path = storage_file(label)
+    if path is None or host != platform.node():
+        return True
+    if not path.is_file():
+        return False
+    try:
+        return name in optuna.get_all_study_names(build_storage(label))
+    except Exception:
+        return True  # unreadable now (locked, or another version): do not guess it gone
 
 
 IDENTITY_ATTR = "sweep.identity"
@@ -418,6 +488,7 @@ def ensure_parent_run(study, spec: StudySpec) -> str:
             "sweep.role": "study",
             "study.name": spec.name,
             COORDINATOR_TAG: _this_process(),
+            STORAGE_TAG: storage_label(spec.storage_url),
         },
     )
     study.set_user_attr(PARENT_RUN_ATTR, run.info.run_id)
@@ -449,6 +520,8 @@ def _record_resumed_settings(run, spec: StudySpec) -> None:
             {
                 "study.invocations": invocations,
                 COORDINATOR_TAG: _this_process(),
+                # Where the study is now (the parent runs of older studies lack it).
+                STORAGE_TAG: storage_label(spec.storage_url),
                 **{f"resumed.{k}": v for k, v in changed.items()},
             }
         )

@@ -441,6 +441,52 @@ def test_a_single_objective_other_than_the_monitor_is_what_trials_monitor(tracke
     assert version.tags["test_metric"] == "test/loss"
 
 
+def test_a_study_name_taken_in_another_live_storage_is_refused_until_that_study_is_gone(
+    tracked, tmp_path
+):
+    """One MLflow experiment per study: a new study named like a live one of another
+    Optuna storage is refused before it exists; once that one is gone, the name is free."""
+    import optuna
+    from mlflow.tracking import MlflowClient
+
+    from sweep.errors import ConfigError
+
+    first, second = tmp_path / "a" / "optuna.journal", tmp_path / "b" / "optuna.journal"
+    settings = [*QUICK, "study.name=twin", "study.n_trials=2"]
+    _tune([*settings, f"storage.path={first}"])
+    (parent,) = _runs("twin", role="study")
+    assert parent.data.tags["sweep.storage"] == f"journal://{first}"
+
+    with pytest.raises(ConfigError) as refused:
+        _tune([*settings, f"storage.path={second}"])
+    message = str(refused.value)
+    assert message.startswith("study.name=twin: MLflow experiment 'twin' holds study 'twin'")
+    assert f"journal://{first}" in message and parent.info.run_id in message
+    assert not second.exists()  # refused before its storage existed
+    assert len(_runs("twin", role=None)) == 3  # the first study's parent and two trials
+
+    # Resuming the first study is not a new study: it goes on.
+    _tune([*settings, "study.n_trials=3", f"storage.path={first}"])
+    assert len(_study("twin", [f"storage.path={first}"]).trials) == 3
+
+    # The first study deleted from its storage: the name is free again.
+    optuna.delete_study(
+        study_name="twin",
+        storage=optuna.storages.JournalStorage(
+            optuna.storages.journal.JournalFileBackend(str(first))
+        ),
+    )
+    _tune([*settings, f"storage.path={second}"])
+    parents = _runs("twin", role="study")
+    assert {p.data.tags["sweep.storage"] for p in parents} == {
+        f"journal://{first}",
+        f"journal://{second}",
+    }
+    client = MlflowClient()
+    newest = _study("twin", [f"storage.path={second}"]).user_attrs["mlflow_parent_run_id"]
+    assert client.get_run(newest).data.tags["sweep.storage"] == f"journal://{second}"
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
