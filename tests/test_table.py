@@ -119,6 +119,17 @@ def test_one_hot_unseen_value_is_zeros():
     assert onehot[2][pre.vocabularies["colour"].index(MISSING)] == 1
 
 
+def test_a_boolean_column_reads_the_same_however_true_is_spelt():
+    """Trained on a bool column (pandas reads true/false in a CSV as bool): the text
+    'true', as a CSV read as text or a JSON request gives it, is True, not unseen."""
+    x = pd.DataFrame({"member": [True, False, True, False], "n": [1.0, 2.0, 3.0, 4.0]})
+    pre = TablePreprocessor(CLASSIFICATION, ["member", "n"]).fit(x, ["a", "b", "a", "b"])
+    assert pre.vocabularies["member"] == ["False", "True"]
+    spelt = pd.DataFrame({"member": ["true", "FALSE", "True", False], "n": [1, 1, 1, 1]})
+    as_bools = pd.DataFrame({"member": [True, False, True, False], "n": [1, 1, 1, 1]})
+    assert np.array_equal(pre.transform(spelt), pre.transform(as_bools))
+
+
 def test_statistics_fitted_on_train_only(tmp_path):
     n = 50
     df = pd.DataFrame({"x": np.arange(n, dtype=float), "label": np.linspace(0.5, 99.5, n)})

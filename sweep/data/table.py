@@ -93,6 +93,16 @@ def _category_keys(values: pd.Series) -> np.ndarray:
     return keys.to_numpy(dtype=object)
 
 
+def _as_vocabulary(keys: np.ndarray, vocab: list[str]) -> np.ndarray:
+    """``keys`` with a boolean spelt otherwise than at training (``true`` where pandas read
+    ``True`` from the training file, as a CSV read as text or JSON gives it) as the
+    vocabulary spells it: else it would encode as an unseen category."""
+    spelt = {v.lower(): v for v in vocab if v.lower() in ("true", "false")}
+    if not spelt:
+        return keys
+    return np.array([k if k in vocab else spelt.get(k.lower(), k) for k in keys], dtype=object)
+
+
 def column_kind(values: pd.Series, column: str) -> str:
     """``"numeric"`` or ``"categorical"``; DataError for a numeric column with stray text."""
     if ptypes.is_bool_dtype(values):
@@ -257,7 +267,7 @@ class TablePreprocessor(Preprocessor):
         for c in self.feature_columns:
             if c in self.vocabularies:
                 vocab = self.vocabularies[c]
-                codes = pd.Index(vocab).get_indexer(_category_keys(x[c]))
+                codes = pd.Index(vocab).get_indexer(_as_vocabulary(_category_keys(x[c]), vocab))
                 block = np.zeros((n, len(vocab)), dtype=np.float32)
                 known = codes >= 0  # unseen values stay all zeros
                 block[np.nonzero(known)[0], codes[known]] = 1.0
