@@ -46,14 +46,17 @@ def check_settings(champion_cfg: Any) -> None:
 
 
 def candidates(study, spec, k: int) -> list:
-    """The top-k COMPLETE trials by the (first) objective; the Pareto front if several."""
+    """The top-k COMPLETE trials by the objective; with several objectives, the top-k of
+    the Pareto front by validation score (the monitored metric, as the champion is picked
+    by it), whichever objective comes first (``model/params`` say)."""
     from optuna.trial import TrialState
 
-    trials = (
-        study.best_trials
-        if spec.multi_objective
-        else study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    )
+    if spec.multi_objective:
+        reverse = spec.mode == "max"
+        scored = [t for t in study.best_trials if t.user_attrs.get(spec.monitor) is not None]
+        ranked = sorted(scored, key=lambda t: t.user_attrs[spec.monitor], reverse=reverse)
+        return ranked[:k]
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     reverse = spec.directions[0] == "maximize"
     ranked = sorted((t for t in trials if t.values), key=lambda t: t.values[0], reverse=reverse)
     return ranked[:k]

@@ -525,14 +525,14 @@ def _curves(view: StudyView, section: Section) -> None:
     from sweep import compare
 
     monitor = view.monitor
-    first_name, first_dir = view.objectives[0]
-    complete = [t for t in _finished(view) if t.values]
-    complete.sort(key=lambda t: t.values[0], reverse=first_dir == "maximize")
+    # The curves are of the monitored metric: the best trials are the best by it.
+    complete = [t for t in _finished(view) if t.user_attrs.get(monitor) is not None]
+    complete.sort(key=lambda t: t.user_attrs[monitor], reverse=_maximized(view, monitor))
     top = complete[:TOP_CURVES]
     pruned = _finished(view, "PRUNED")[-MAX_PRUNED_CURVES:]
     section.description = (
         f"{monitor} per epoch (MLflow step) of the {len(top)} best completed trials "
-        f"(by {first_name}) and of {len(pruned)} pruned trials; × marks where a pruned "
+        f"(by {monitor}) and of {len(pruned)} pruned trials; × marks where a pruned "
         "trial was stopped."
     )
     if not top and not pruned:
@@ -686,13 +686,17 @@ def _candidates(view: StudyView, champion: dict[str, Any]) -> list[dict[str, Any
         for r in view.study.user_attrs.get(RERUNS_ATTR, {}).values()
         if r.get("seeds") == seeds and not _missing(r.get("val_mean"))
     ]
+    monitor = champion.get("monitor", view.monitor)
+    maximize = _maximized(view, monitor)
     if champion.get("k"):  # the cache may also hold re-runs of an earlier, larger top-k
         spec = SimpleNamespace(
-            multi_objective=view.multi_objective, directions=[d for _, d in view.objectives]
+            multi_objective=view.multi_objective,
+            directions=[d for _, d in view.objectives],
+            monitor=monitor,
+            mode="max" if maximize else "min",
         )
         top = {t.number for t in candidates(view.study, spec, int(champion["k"]))}
         reruns = [r for r in reruns if r.get("trial") in top]
-    maximize = _maximized(view, champion.get("monitor", view.monitor))
     reruns.sort(key=lambda r: float(r["val_mean"]), reverse=maximize)
     return [
         {

@@ -441,6 +441,22 @@ def test_a_single_objective_other_than_the_monitor_is_what_trials_monitor(tracke
     assert version.tags["test_metric"] == "test/loss"
 
 
+def test_a_multi_objective_champion_is_the_front_s_best_by_validation_score(tracked):
+    """model/params first, val/acc second: the candidates are the Pareto front's best by
+    val/acc (what the champion is picked by), not its smallest models."""
+    objectives = (
+        "study.metrics=[{name: model/params, direction: minimize}, "
+        "{name: val/acc, direction: maximize}]"
+    )
+    settings = ["study.name=front", "study.n_trials=6", "champion.k=1", "champion.seeds=1"]
+    summary = _tune([*BASE, *settings, "tracking.log_model=true", objectives])
+    front = _study("front").best_trials
+    best = max(front, key=lambda t: t.user_attrs["val/acc"])
+    smallest = min(front, key=lambda t: t.user_attrs["model/params"])
+    assert best.number != smallest.number  # seeded: the front trades one for the other
+    assert summary["champion"]["trial"] == best.number
+
+
 def test_a_study_name_taken_in_another_live_storage_is_refused_until_that_study_is_gone(
     tracked, tmp_path
 ):
