@@ -255,15 +255,19 @@ def open_run(
     experiment_id = ensure_experiment(experiment)
     # An exported MLFLOW_RUN_ID would override the parent (mlflow #15713).
     os.environ.pop("MLFLOW_RUN_ID", None)
-    run = mlflow.start_run(
-        experiment_id=experiment_id,
-        run_name=run_name,
-        parent_run_id=parent_run_id,
-        tags={k: str(v) for k, v in {**run_context_tags(), **(tags or {})}.items()},
-    )
-    recorder = Recorder(run.info.run_id)
+    recorder: Recorder | None = None
     status = "FINISHED"
     try:
+        # Ctrl-C inside start_run could leave a created run that nothing ends: it is
+        # taken once the run is MLflow's active run and ours to close KILLED.
+        with deferred_signals():
+            run = mlflow.start_run(
+                experiment_id=experiment_id,
+                run_name=run_name,
+                parent_run_id=parent_run_id,
+                tags={k: str(v) for k, v in {**run_context_tags(), **(tags or {})}.items()},
+            )
+            recorder = Recorder(run.info.run_id)
         yield recorder
         recorder.flush()  # inside the try: a write that fails makes the run FAILED
     except (KeyboardInterrupt, SystemExit) as exc:
@@ -275,13 +279,43 @@ def open_run(
         _tag_error(recorder, one_line(exc))
         raise
     finally:
-        if status != "FINISHED":
-            with contextlib.suppress(Exception):  # the error tag, and what was buffered
-                recorder.flush()
-        mlflow.end_run(status=status)
+        if recorder is not None:  # else start_run failed: no run of ours to end
+            if status != "FINISHED":
+                with contextlib.suppress(Exception):  # the error tag, and what was buffered
+                    recorder.flush()
+            mlflow.end_run(status=status)
 
 
-def _tag_error(recorder: Recorder, message: str) -> None:
+@contextlib.contextmanager
+def deferred_signals() -> Iterator[None]:
+    """SIGINT and SIGTERM arriving inside the block are handled on leaving it, by the
+    handlers in force before (Ctrl-C's KeyboardInterrupt, say): for a step that must not
+    be cut in two. Only the main thread handles signals: elsewhere, a plain block."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    caught = (signal.SIGINT, signal.SIGTERM)
+    before = {s: signal.signal(s, lambda signum, _frame: pending.append(signum)) for s in caught}
+    try:
+        yield
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
+    if pending:
+        handler = before[pending[0]]
+        if callable(handler):
+            handler(pending[0], None)
+        elif handler == signal.SIG_DFL:
+            signal.raise_signal(pending[0])
+
+
+def _tag_error(recorder: Recorder | None, message: str) -> None:
+    if recorder is None:
+        return
     with contextlib.suppress(Exception):
         recorder.tags({"error": message})
 

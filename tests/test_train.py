@@ -540,6 +540,33 @@ def test_keyboard_interrupt_ends_killed(tracked, hook, epochs_logged):
     assert "test/acc" not in record.data.metrics
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_inside_start_run_ends_the_created_run_killed(tracked, monkeypatch, signum):
+    """Ctrl-C (or SIGTERM, which the CLI turns into it) arriving while MLflow creates the
+    run: the run it created is closed KILLED, not left RUNNING with nothing to end it."""
+    import mlflow
+
+    from sweep.cli import _raise_keyboard_interrupt
+
+    start_run = mlflow.start_run
+
+    def start_then_signal(*args, **kwargs):
+        run = start_run(*args, **kwargs)
+        signal.raise_signal(signum)  # a real signal, at the worst moment
+        return run
+
+    monkeypatch.setattr(mlflow, "start_run", start_then_signal)
+    handler = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train(TINY_SYNTHETIC)
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+    record = only_run(MlflowClient(tracking_uri=tracked))
+    assert record.info.status == "KILLED"
+    assert "interrupted" in record.data.tags["error"]
+
+
 def bad_table(kind: str, path: Path) -> None:
     """Write a table that cannot be trained on, for ``kind`` of fault."""
     if kind == "missing":
