@@ -564,6 +564,9 @@ class Objective:
         # grid of a conditional space (BruteForceSampler) need to propose another point.
         self.on_trial_start = on_trial_start or (lambda: None)
         self.sampler_name = str(spec.cfg.sampler.name)
+        # Signals that came while a finished trial's result was being recorded: the trial
+        # is kept, the study stops after it, and optimize() then raises KeyboardInterrupt.
+        self.interrupted: list[int] = []
 
     def __call__(self, trial) -> float | list[float]:
         import optuna
@@ -613,6 +616,7 @@ class Objective:
         import optuna
 
         from sweep.pruning import OptunaPruning
+        from sweep.tracking import deferred_signals
         from sweep.train import run
 
         sampled = suggest(trial, self.spec.params, self.spec.cfg)
@@ -650,16 +654,22 @@ class Objective:
             load_first=False,
             on_start=lambda run_id: trial.set_user_attr("mlflow_run_id", run_id),
         )
-        for name, value in {**result.val, **result.test}.items():
-            trial.set_user_attr(name, value)
-        trial.set_user_attr("model/params", result.num_params)
-        trial.set_user_attr("best_epoch", result.best_epoch)
+        # The training is done: a Ctrl-C from here on must not throw its result away.
+        with deferred_signals(self.interrupted):
+            for name, value in {**result.val, **result.test}.items():
+                trial.set_user_attr(name, value)
+            trial.set_user_attr("model/params", result.num_params)
+            trial.set_user_attr("best_epoch", result.best_epoch)
+            if result.pruned_epoch is not None:
+                trial.set_user_attr("pruned_epoch", result.pruned_epoch)
+                _tag_run(trial, "PRUNED", {"trial.pruned_epoch": result.pruned_epoch})
+            else:
+                _tag_run(trial, "COMPLETE", {})
+        if self.interrupted:
+            trial.study.stop()  # after this trial; optimize() raises KeyboardInterrupt
         if result.pruned_epoch is not None:
-            trial.set_user_attr("pruned_epoch", result.pruned_epoch)
-            _tag_run(trial, "PRUNED", {"trial.pruned_epoch": result.pruned_epoch})
             raise optuna.TrialPruned(f"pruned at epoch {result.pruned_epoch}")
         values = [result.metric(name) for name, _ in self.spec.metrics]
-        _tag_run(trial, "COMPLETE", {})
         return values[0] if len(values) == 1 else values
 
 
@@ -794,6 +804,8 @@ def optimize(study, spec: StudySpec, parent_run_id: str, progress=None) -> StopO
                 callbacks=callbacks,
                 gc_after_trial=False,
             )
+        if objective.interrupted:  # its trial was recorded whole: now the interruption
+            raise KeyboardInterrupt(f"signal {objective.interrupted[0]}")
     finally:
         budget.release()
         torch.set_num_threads(threads)  # the champion's re-runs have this process's cores

@@ -287,17 +287,19 @@ def open_run(
 
 
 @contextlib.contextmanager
-def deferred_signals() -> Iterator[None]:
+def deferred_signals(pending: list[int] | None = None) -> Iterator[None]:
     """SIGINT and SIGTERM arriving inside the block are handled on leaving it, by the
     handlers in force before (Ctrl-C's KeyboardInterrupt, say): for a step that must not
-    be cut in two. Only the main thread handles signals: elsewhere, a plain block."""
+    be cut in two. With ``pending``, they are appended to it instead, for the caller to
+    act on later. Only the main thread handles signals: elsewhere, a plain block."""
     import signal
     import threading
 
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    pending: list[int] = []
+    keep = pending is not None
+    pending = [] if pending is None else pending
     caught = (signal.SIGINT, signal.SIGTERM)
     before = {s: signal.signal(s, lambda signum, _frame: pending.append(signum)) for s in caught}
     try:
@@ -305,7 +307,7 @@ def deferred_signals() -> Iterator[None]:
     finally:
         for signum, handler in before.items():
             signal.signal(signum, handler)
-    if pending:
+    if pending and not keep:
         handler = before[pending[0]]
         if callable(handler):
             handler(pending[0], None)

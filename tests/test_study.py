@@ -457,6 +457,36 @@ def test_a_multi_objective_champion_is_the_front_s_best_by_validation_score(trac
     assert summary["champion"]["trial"] == best.number
 
 
+def test_ctrl_c_while_a_finished_trial_is_recorded_keeps_it_then_stops(tracked, monkeypatch):
+    """A real SIGINT after a trial's training, while its result is being recorded: the
+    trial stays COMPLETE with its FINISHED run, the study stops (KeyboardInterrupt, as
+    Ctrl-C anywhere else), and rerunning the command goes on from there."""
+    import signal
+
+    from mlflow.tracking import MlflowClient
+
+    from sweep import study as study_mod
+
+    tag_run = study_mod._tag_run
+
+    def tag_then_signal(trial, state, tags):
+        tag_run(trial, state, tags)
+        if state == "COMPLETE" and trial.number == 1:
+            signal.raise_signal(signal.SIGINT)
+
+    settings = [*QUICK, "pruner=none", "study.name=ctrlc", "study.n_trials=4"]
+    monkeypatch.setattr(study_mod, "_tag_run", tag_then_signal)
+    with pytest.raises(KeyboardInterrupt):
+        _tune(settings)
+    monkeypatch.setattr(study_mod, "_tag_run", tag_run)
+    trials = _study("ctrlc").trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
+    client = MlflowClient()
+    assert client.get_run(trials[1].user_attrs["mlflow_run_id"]).info.status == "FINISHED"
+    _tune(settings)
+    assert [t.state.name for t in _study("ctrlc").trials] == ["COMPLETE"] * 4
+
+
 def test_a_study_name_taken_in_another_live_storage_is_refused_until_that_study_is_gone(
     tracked, tmp_path
 ):
