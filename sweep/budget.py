@@ -6,6 +6,11 @@ and the ``ask()`` that makes the next trial RUNNING happen under one inter-proce
 taken in the callback after a trial (or before the first one), released by the next
 trial's objective once it is RUNNING. The lock is an ``flock`` beside a file storage, or
 a PostgreSQL advisory lock for a PostgreSQL storage (many machines).
+
+While the lock is held, SIGINT and SIGTERM wait (:func:`sweep.tracking.deferred_signals`):
+``ask()`` makes the trial RUNNING before the objective records which process owns it, and
+a trial cut off in between would stay RUNNING with no owner to declare dead. The signal is
+handled on release, inside the objective, which then records the trial as interrupted.
 """
 
 from __future__ import annotations
@@ -76,13 +81,17 @@ class TrialBudget:
         self.n_trials = n_trials
         self.lock = lock
         self.held = False
+        self._signals = contextlib.ExitStack()
 
     def claim(self, study) -> bool:
         """Take the lock; keep it (True) if another trial may start, else release (False)."""
         from optuna.trial import TrialState
 
+        from sweep.tracking import deferred_signals
+
         self.lock.acquire()
         self.held = True
+        self._signals.enter_context(deferred_signals())
         states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
         if len(study.get_trials(deepcopy=False, states=states)) < self.n_trials:
             return True
@@ -90,10 +99,13 @@ class TrialBudget:
         return False
 
     def release(self) -> None:
+        """Let the next trial start; a signal that came meanwhile is handled now (raised
+        here: a KeyboardInterrupt for Ctrl-C)."""
         if self.held:
             self.held = False
             with contextlib.suppress(Exception):
                 self.lock.release()
+            self._signals.close()
 
     def __call__(self, study, trial) -> None:
         """Optuna callback, run last after each trial."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -485,6 +486,44 @@ def test_ctrl_c_while_a_finished_trial_is_recorded_keeps_it_then_stops(tracked, 
     assert client.get_run(trials[1].user_attrs["mlflow_run_id"]).info.status == "FINISHED"
     _tune(settings)
     assert [t.state.name for t in _study("ctrlc").trials] == ["COMPLETE"] * 4
+
+
+def test_ctrl_c_as_a_trial_is_created_fails_it_as_this_process_s_not_left_running(
+    tracked, monkeypatch
+):
+    """A real SIGINT right after ``ask()`` made trial 1 RUNNING, before the objective
+    recorded its worker: the signal waits until the trial is this process's, so it ends
+    FAIL (interrupted, with its FAILED run), not RUNNING with no owner to declare dead; its
+    point is retried when the command is rerun."""
+    import signal
+
+    import optuna
+    from mlflow.tracking import MlflowClient
+
+    ask = optuna.Study.ask
+
+    def ask_then_signal(study, *args, **kwargs):
+        trial = ask(study, *args, **kwargs)
+        if trial.number == 1:
+            signal.raise_signal(signal.SIGINT)
+        return trial
+
+    settings = [*QUICK, "pruner=none", "study.name=askc", "study.n_trials=3"]
+    monkeypatch.setattr(optuna.Study, "ask", ask_then_signal)
+    with pytest.raises(KeyboardInterrupt):
+        _tune(settings)
+    monkeypatch.setattr(optuna.Study, "ask", ask)
+    first, cut = _study("askc").trials[:2]
+    assert (first.state.name, cut.state.name) == ("COMPLETE", "FAIL")
+    assert cut.user_attrs["error"].startswith("interrupted")
+    assert cut.user_attrs["worker"].endswith(f":{os.getpid()}")
+    run = MlflowClient().get_run(cut.user_attrs["mlflow_run_id"])
+    assert run.info.status == "FAILED"
+    _tune(settings)
+    trials = _study("askc").trials
+    assert not [t for t in trials if t.state.name == "RUNNING"]
+    assert [t.state.name for t in trials].count("COMPLETE") == 3
+    assert any(t.user_attrs.get("retry_of") == 1 for t in trials)
 
 
 def test_a_study_name_taken_in_another_live_storage_is_refused_until_that_study_is_gone(
