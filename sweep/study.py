@@ -571,6 +571,8 @@ class Objective:
     def __call__(self, trial) -> float | list[float]:
         import optuna
 
+        from sweep.tracking import release_interrupted
+
         trial.set_user_attr("worker", f"{platform.node()}:{os.getpid()}")
         try:
             return self._run(trial)
@@ -579,6 +581,7 @@ class Objective:
         except BaseException as exc:
             error = _one_line(exc)
             if isinstance(exc, KeyboardInterrupt | SystemExit):
+                release_interrupted(exc)
                 error = f"interrupted ({error})"
             trial.set_user_attr("error", error)
             if "mlflow_run_id" not in trial.user_attrs:
@@ -855,10 +858,11 @@ def tune(overrides: list[str], progress: bool = True) -> dict[str, Any]:
         summary = finish(study, spec, parent_run_id)
         status = "FINISHED"
         return summary
-    except (KeyboardInterrupt, SystemExit):
+    except (KeyboardInterrupt, SystemExit) as exc:
         status = "KILLED"
         from sweep.workers import retry_interrupted
 
+        tracking.release_interrupted(exc)
         retry_interrupted(study)  # its point is tried again when the command is rerun
         raise
     finally:

@@ -272,6 +272,7 @@ def open_run(
         recorder.flush()  # inside the try: a write that fails makes the run FAILED
     except (KeyboardInterrupt, SystemExit) as exc:
         status = "KILLED"
+        release_interrupted(exc)
         _tag_error(recorder, f"interrupted ({type(exc).__name__})")
         raise
     except BaseException as exc:
@@ -284,6 +285,18 @@ def open_run(
                 with contextlib.suppress(Exception):  # the error tag, and what was buffered
                     recorder.flush()
             mlflow.end_run(status=status)
+
+
+def release_interrupted(exc: BaseException) -> None:
+    """Free what the frames an interruption cut short still hold, before writing about it.
+
+    A signal landing inside an MLflow write to its sqlite store leaves that connection, and
+    with it the database's write lock, referenced from the traceback's frames only: until
+    they let go, every later write (closing the run KILLED) waits out sqlite's busy
+    timeout (20 s) and fails, and its error would replace the KeyboardInterrupt."""
+    import traceback
+
+    traceback.clear_frames(exc.__traceback__)  # frames still running are left as they are
 
 
 @contextlib.contextmanager

@@ -567,6 +567,44 @@ def test_a_signal_inside_start_run_ends_the_created_run_killed(tracked, monkeypa
     assert "interrupted" in record.data.tags["error"]
 
 
+def test_a_signal_inside_an_mlflow_sqlite_write_still_ends_the_run_killed(tracked, monkeypatch):
+    """Ctrl-C landing inside a statement of MLflow's sqlite store, its write lock taken:
+    the interrupted connection must not keep the lock (every later write would wait out
+    sqlite's busy timeout and fail, its error replacing the KeyboardInterrupt). The run
+    ends KILLED, tagged as interrupted, and the KeyboardInterrupt goes on."""
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    from sweep import tracking
+
+    armed: list[bool] = []
+
+    def after_execute(conn, cursor, statement, *args) -> None:
+        if armed and statement.lstrip().startswith("SELECT runs.run_uuid"):
+            armed.clear()
+            signal.raise_signal(signal.SIGINT)  # a real signal, inside the write
+
+    flush = tracking.Recorder.flush
+
+    def arm_then_flush(self) -> None:
+        if self._metrics and not hasattr(arm_then_flush, "fired"):
+            arm_then_flush.fired = True
+            armed.append(True)
+        flush(self)
+
+    monkeypatch.setattr(tracking.Recorder, "flush", arm_then_flush)
+    event.listen(Engine, "after_cursor_execute", after_execute)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train(TINY_SYNTHETIC)
+    finally:
+        event.remove(Engine, "after_cursor_execute", after_execute)
+    assert hasattr(arm_then_flush, "fired") and not armed  # the signal came inside the write
+    record = only_run(MlflowClient(tracking_uri=tracked))
+    assert record.info.status == "KILLED"
+    assert "interrupted" in record.data.tags["error"]
+
+
 def bad_table(kind: str, path: Path) -> None:
     """Write a table that cannot be trained on, for ``kind`` of fault."""
     if kind == "missing":
