@@ -7,7 +7,8 @@ trains as a study's worker of its index does (:func:`sweep.workers.worker_env`: 
 share of the CPU threads and, with GPUs, its own GPU). Ctrl-C and SIGTERM reach the
 spawned processes through this one only: it stops each once, and a job stopped that way
 closes its run KILLED, as here. A job whose process died is run again here, once, after
-its run (left RUNNING) is closed FAILED.
+its run (left RUNNING) is closed FAILED. A spawned process whose parent died stops the
+same way by itself, and exits.
 
 The processes are spawned (not forked: torch's threads, open sqlite connections), so, as
 with any spawned process, they import this process's main module: a script calling
@@ -22,6 +23,8 @@ import multiprocessing
 import os
 import platform
 import signal
+import threading
+import time
 from concurrent.futures import Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -33,6 +36,10 @@ ENV_KEYS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "CUDA_VISIBLE_DEVICES")
 # In a spawned process (see _on_sigterm): whether a job is running, and whether it was
 # told to stop.
 _in_job = _stopping = False
+# In a spawned process: the pid of the process that spawned it (see _watch_parent).
+_parent: int | None = None
+#: Seconds between a spawned process's looks at whether its parent is still there.
+PARENT_CHECK_SECONDS = 1.0
 
 
 @dataclass
@@ -120,30 +127,55 @@ def _run(job: Job) -> Any:
     # The process that trained it, as a study's trials record theirs.
     tags = {**job.kwargs.get("tags", {}), "worker": f"{platform.node()}:{os.getpid()}"}
     try:
+        if _stopping:  # a job the pool had queued here before it was stopped
+            raise KeyboardInterrupt("stopped before it started")
         return run(job.cfg, **{**job.kwargs, "tags": tags})
     except Exception as error:  # its run is closed FAILED with the error
         return one_line(error)
     finally:
         _in_job = False
+        if _stopping and _parent_gone():
+            os._exit(1)  # its run is closed; nobody is left to take a result or stop it
 
 
 def _start_process(envs: Any, threads: int) -> None:
     """A spawned process: its worker's environment, threads and signals."""
+    global _parent
     os.environ.update(envs.get())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: this process's parent stops it
     signal.signal(signal.SIGTERM, _on_sigterm)
+    _parent = os.getppid()
+    threading.Thread(target=_watch_parent, name="sweep-parent-watch", daemon=True).start()
     import torch
 
     torch.set_num_threads(threads)
 
 
+def _parent_gone() -> bool:
+    return _parent is not None and os.getppid() != _parent  # re-parented: it died
+
+
+def _watch_parent() -> None:
+    """A parent killed outright (SIGKILL, out of memory) cannot stop this process: it
+    stops itself as if told to, closing its run KILLED, then exits instead of waiting
+    for jobs from a pool that is gone."""
+    while not _parent_gone():
+        time.sleep(PARENT_CHECK_SECONDS)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
 def _on_sigterm(signum: int, frame: Any) -> None:
-    """Stopped by the parent: a running job stops (its run closed KILLED), once; an idle
-    process waits for the pool's shutdown, which ends it."""
+    """Stopped by the parent: a running job stops (its run closed KILLED), once, and no
+    other starts here (the pool queues a job or two per process ahead, beyond what
+    cancelling reaches); the pool's shutdown then ends the process."""
     global _stopping
-    if _in_job and not _stopping:
-        _stopping = True  # a second signal must not cut the closing of the run short
+    if _stopping:
+        return  # a second signal must not cut the closing of the run short
+    _stopping = True
+    if _in_job:
         raise KeyboardInterrupt
+    if _parent_gone():
+        os._exit(1)  # idle, and no pool left to end it
 
 
 def _stop(futures: list[Future]) -> None:

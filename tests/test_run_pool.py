@@ -117,3 +117,63 @@ def test_ctrl_c_stops_every_job_and_leaves_no_run_running(tracked):
     assert runs["here"].info.status == runs["there"].info.status == "KILLED"
     assert runs["there"].data.tags["worker"] != ME
     assert not multiprocessing.active_children()
+
+
+def test_ctrl_c_starts_none_of_the_jobs_the_pool_had_queued(tracked):
+    """The pool hands a spawned process its next job before that one ends (beyond what
+    cancelling reaches): once stopped, the process starts none of them."""
+    watcher = _when_running({True, False}, _thread.interrupt_main)
+    with pytest.raises(KeyboardInterrupt):
+        run_jobs(_jobs(["a", "b", "c", "here"], LONG), processes=2, threads=1)
+    watcher.join()
+    runs = {r.info.run_name: r.info.status for r in _runs()}
+    assert runs == {"a": "KILLED", "here": "KILLED"}  # "b" was queued, "c" cancelled
+    assert not multiprocessing.active_children()
+
+
+COORDINATOR = """
+from sweep.config import load_run_config
+from sweep.run_pool import Job, run_jobs
+
+if __name__ == "__main__":
+    cfg = load_run_config({overrides!r})
+    kwargs = {{"experiment": "pool", "tags": {{"sweep.role": "test"}}, "load_first": False}}
+    jobs = [Job(name, cfg, {{**kwargs, "run_name": name}}) for name in ("there", "here")]
+    run_jobs(jobs, processes=2, threads=1)
+"""
+
+
+def test_a_spawned_process_whose_parent_is_killed_closes_its_run_and_exits(tracked, tmp_path):
+    """The coordinator SIGKILLed mid-run cannot stop its pool: the spawned process sees
+    it gone, closes its run KILLED, and exits rather than wait forever for jobs."""
+    import subprocess
+    import sys
+
+    from conftest import cli_env
+
+    script = tmp_path / "coordinator.py"
+    script.write_text(COORDINATOR.format(overrides=[*LONG, "tracking.log_model=false"]))
+    coordinator = subprocess.Popen([sys.executable, str(script)], env=cli_env(tracked))
+    try:
+        deadline = time.monotonic() + 120
+        while len([r for r in _runs() if r.info.status == "RUNNING"]) < 2:
+            assert coordinator.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        coordinator.kill()
+        coordinator.wait()
+        there = next(r for r in _runs() if r.info.run_name == "there")
+        host, pid = there.data.tags["worker"].rsplit(":", 1)
+        assert host == platform.node() and int(pid) != coordinator.pid
+        while time.monotonic() < deadline and _alive(int(pid)):
+            time.sleep(0.2)
+        assert not _alive(int(pid)), "the spawned process outlived its parent"
+    finally:
+        coordinator.kill()
+    runs = {r.info.run_name: r.info.status for r in _runs()}
+    assert runs == {"there": "KILLED", "here": "RUNNING"}  # "here" died with its process
+
+
+def _alive(pid: int) -> bool:
+    from sweep.workers import pid_alive
+
+    return pid_alive(pid)
