@@ -80,19 +80,32 @@ def cli_env(uri: str | None) -> dict[str, str]:
 
 
 def start_cli(
-    *args: str, cwd: Path, uri: str | None = None, cores: set[int] | None = None
+    *args: str,
+    cwd: Path,
+    uri: str | None = None,
+    cores: set[int] | None = None,
+    output: Path | None = None,
 ) -> subprocess.Popen:
     """Start ``python -m sweep ARGS`` in ``cwd`` with ``MLFLOW_TRACKING_URI=uri``; with
-    ``cores``, on those CPU cores only (its affinity mask, inherited by its workers)."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "sweep", *args],
-        cwd=cwd,
-        env=cli_env(uri),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=(lambda: os.sched_setaffinity(0, cores)) if cores else None,
-    )
+    ``cores``, on those CPU cores only (its affinity mask, inherited by its workers).
+
+    Its stdout and stderr are pipes, for ``communicate()``; with ``output``, both go to
+    that file instead: for a process nobody reads while it runs (a server's request log
+    fills a pipe's 64 KiB, then blocks it, and whatever waits on it)."""
+    sink = open(output, "w") if output else subprocess.PIPE  # noqa: SIM115 (the child's)
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-m", "sweep", *args],
+            cwd=cwd,
+            env=cli_env(uri),
+            stdout=sink,
+            stderr=subprocess.STDOUT if output else subprocess.PIPE,
+            text=True,
+            preexec_fn=(lambda: os.sched_setaffinity(0, cores)) if cores else None,
+        )
+    finally:
+        if output:
+            sink.close()  # the child has its own copy
 
 
 def finish_cli(proc: subprocess.Popen, timeout: float = 180) -> subprocess.CompletedProcess:
