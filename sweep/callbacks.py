@@ -6,16 +6,24 @@ from typing import Any
 
 import lightning as L
 
+from sweep import interrupts
+
 
 class EpochRecorder(L.Callback):
     """After each validation epoch: send the epoch's metrics to MLflow (step = epoch)
-    and print one progress line when asked."""
+    and print one progress line when asked. After each training epoch: raise the
+    KeyboardInterrupt of a signal that was lost (:mod:`sweep.interrupts`)."""
 
     def __init__(self, recorder: Any, max_epochs: int, progress: bool):
         self.recorder = recorder
         self.max_epochs = max_epochs
         self.progress = progress
         self.epochs_run = 0
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Here rather than in a callback of its own: Lightning calls every hook of every
+        # callback on every batch, and a trial pays for each.
+        interrupts.raise_if_lost()
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not pl_module.epoch_metrics:

@@ -87,11 +87,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _raise_keyboard_interrupt(signum, frame):
-    # SIGTERM takes the same path as Ctrl-C: runs and trials are closed, not left RUNNING.
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def cmd_train(overrides: list[str]) -> int:
     from sweep.config import load_run_config
     from sweep.train import run
@@ -125,6 +120,7 @@ def _print_run_summary(result, cfg) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     from sweep.errors import SweepError
+    from sweep.interrupts import raise_keyboard_interrupt
 
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] not in COMMANDS:
@@ -134,7 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     if rest[:1] in (["-h"], ["--help"]):
         print(f"sweep {command}: {COMMANDS[command][0]}")
         return 0
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    # SIGTERM takes the same path as Ctrl-C: runs and trials are closed, not left RUNNING.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, raise_keyboard_interrupt)
     module_name, function_name = COMMANDS[command][1].split(":")
     handler = getattr(importlib.import_module(module_name), function_name)
     try:

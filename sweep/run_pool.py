@@ -30,6 +30,8 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any
 
+from sweep import interrupts
+
 #: The environment a spawned process takes from :func:`sweep.workers.worker_env`.
 ENV_KEYS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "CUDA_VISIBLE_DEVICES")
 
@@ -173,7 +175,7 @@ def _on_sigterm(signum: int, frame: Any) -> None:
         return  # a second signal must not cut the closing of the run short
     _stopping = True
     if _in_job:
-        raise KeyboardInterrupt
+        interrupts.raise_keyboard_interrupt(signum)  # raised again if lost (sweep.interrupts)
     if _parent_gone():
         os._exit(1)  # idle, and no pool left to end it
 

@@ -252,6 +252,8 @@ def open_run(
     """
     import mlflow
 
+    from sweep import interrupts
+
     experiment_id = ensure_experiment(experiment)
     # An exported MLFLOW_RUN_ID would override the parent (mlflow #15713).
     os.environ.pop("MLFLOW_RUN_ID", None)
@@ -272,6 +274,7 @@ def open_run(
         recorder.flush()  # inside the try: a write that fails makes the run FAILED
     except (KeyboardInterrupt, SystemExit) as exc:
         status = "KILLED"
+        interrupts.taken()
         release_interrupted(exc)
         _tag_error(recorder, f"interrupted ({type(exc).__name__})")
         raise

@@ -223,6 +223,7 @@ def worker_command(args: list[str]) -> int:
     )
 
     waiting = bool(os.environ.get(WAIT_ENV))
+    on_ctrl_c = signal.getsignal(signal.SIGINT)
     if waiting:
         # Until it says go, `sweep tune` alone answers Ctrl-C (it stops this process).
         signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -235,7 +236,7 @@ def worker_command(args: list[str]) -> int:
         warm_up(spec)  # while `sweep tune` creates the study and its parent run
         if sys.stdin.readline().strip() != "go":
             return 0  # it stopped before the study was ready
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGINT, on_ctrl_c)
     study = open_study(spec, create=False)
     spec.n_trials = study_target(study, spec.n_trials, args)
     parent_run_id = study.user_attrs.get(PARENT_RUN_ATTR)

@@ -36,7 +36,8 @@ from sweep.errors import DataError, NonFiniteLossError
 from sweep.models.task import Task
 from sweep.train import load_data, run
 
-pytestmark = pytest.mark.e2e
+# One test process runs this module: its module-scoped fixtures are built once.
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("train")]
 
 TIMING_METRICS = {"time/epoch", "time/fit"}
 
@@ -546,7 +547,7 @@ def test_a_signal_inside_start_run_ends_the_created_run_killed(tracked, monkeypa
     run: the run it created is closed KILLED, not left RUNNING with nothing to end it."""
     import mlflow
 
-    from sweep.cli import _raise_keyboard_interrupt
+    from sweep.interrupts import raise_keyboard_interrupt
 
     start_run = mlflow.start_run
 
@@ -556,7 +557,7 @@ def test_a_signal_inside_start_run_ends_the_created_run_killed(tracked, monkeypa
         return run
 
     monkeypatch.setattr(mlflow, "start_run", start_then_signal)
-    handler = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    handler = signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
     try:
         with pytest.raises(KeyboardInterrupt):
             train(TINY_SYNTHETIC)
@@ -565,6 +566,39 @@ def test_a_signal_inside_start_run_ends_the_created_run_killed(tracked, monkeypa
     record = only_run(MlflowClient(tracking_uri=tracked))
     assert record.info.status == "KILLED"
     assert "interrupted" in record.data.tags["error"]
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # that one
+def test_a_ctrl_c_lost_in_a_finaliser_still_stops_the_training(tracked):
+    """A real SIGINT whose handler runs inside a finaliser: Python discards the
+    KeyboardInterrupt raised there ("Exception ignored in ..."). The CLI's handler
+    remembers the signal, so the training stops at the end of that epoch all the same,
+    its run KILLED, instead of going on as if Ctrl-C never came."""
+    import gc
+
+    from sweep import interrupts
+
+    class Finaliser:
+        def __del__(self) -> None:
+            signal.raise_signal(signal.SIGINT)  # its handler runs here, in the finaliser
+
+    class LoseCtrlC(L.Callback):
+        def on_train_epoch_start(self, trainer, pl_module) -> None:
+            if trainer.current_epoch == 1:
+                Finaliser()  # collected at once: the KeyboardInterrupt goes nowhere
+
+    handler = signal.signal(signal.SIGINT, interrupts.raise_keyboard_interrupt)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train([*TINY_SYNTHETIC, "trainer.max_epochs=5"], callbacks=[LoseCtrlC()])
+    finally:
+        signal.signal(signal.SIGINT, handler)
+        gc.collect()
+    assert not interrupts._raised  # taken: the next training is not interrupted
+    client = MlflowClient(tracking_uri=tracked)
+    record = only_run(client)
+    assert record.info.status == "KILLED"
+    assert [s for s, _ in history(client, record.info.run_id, "val/loss")] == [0, 1]
 
 
 def test_a_signal_inside_an_mlflow_sqlite_write_still_ends_the_run_killed(tracked, monkeypatch):
