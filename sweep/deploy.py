@@ -265,7 +265,7 @@ def payload_hint(model_info: Any, model_uri: str | None = None) -> str:
     with ``...`` for the values."""
     example = _serving_example(model_uri) if model_uri else None
     if example is not None:
-        return json.dumps(example, separators=(", ", ": "))
+        return json.dumps(example, separators=(", ", ": "), allow_nan=False)
     schema = model_info.signature.inputs if model_info.signature else None
     if schema is None or schema.is_tensor_spec():
         return '{"inputs": [[...], [...]]}'
@@ -289,7 +289,20 @@ def _serving_example(model_uri: str) -> dict | None:
     for key in ("inputs", "dataframe_records", "instances"):
         if isinstance(example.get(key), list):
             example[key] = example[key][:1]
-    return example
+    return _missing_as_null(example)
+
+
+def _missing_as_null(value: Any) -> Any:
+    """``value`` with NaN and infinities as None: MLflow writes a missing value as ``NaN``,
+    which is not JSON (curl sends it, strict clients refuse it); ``null`` is read back as
+    the same missing value."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _missing_as_null(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_missing_as_null(v) for v in value]
+    return value
 
 
 def serve(

@@ -102,10 +102,13 @@ def _as_input(model_input: Any, preprocessor: Any) -> Any:
 
 
 def _require_finite(x: np.ndarray) -> None:
-    """Refuse NaN / inf network inputs: they would come out as a confident-looking label.
+    """Refuse an empty input, and NaN / inf network inputs: they would come out as a
+    confident-looking label.
 
     Tables impute missing numbers, so this catches arrays with NaN or inf and table values
     too large for float32 (1e300 becomes inf)."""
+    if len(x) == 0:
+        raise ValueError("no rows to predict")
     finite = np.isfinite(x.reshape(len(x), -1)).all(axis=1)
     if not finite.all():
         row = int(np.flatnonzero(~finite)[0])

@@ -30,7 +30,8 @@ from sweep.config import load_run_config
 from sweep.deploy import champion_uri, free_port, start_server, stop_server, wait_until_ready
 from sweep.train import run
 
-pytestmark = pytest.mark.e2e
+# One test process runs this module: its module-scoped fixtures are built once.
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("serve")]
 
 LABELS = ("cat", "dog", "bird")
 FEATURES = ["age", "height", "color"]
@@ -272,8 +273,21 @@ def test_missing_values_and_fractions_in_an_int_column(served, local_table_model
             {"dataframe_records": [{"age": 3, "height": 1e300, "color": "black"}]},
             ["row 0", "too large for float32"],
         ),
+        (
+            {"dataframe_records": [{"age": 3, "height": True, "color": "black"}]},
+            ["height", "True is not a number"],
+        ),
+        ({"dataframe_split": {"columns": FEATURES, "data": []}}, ["no rows"]),
     ],
-    ids=["missing-column", "garbage-number", "array-for-a-table", "broken-json", "overflow"],
+    ids=[
+        "missing-column",
+        "garbage-number",
+        "array-for-a-table",
+        "broken-json",
+        "overflow",
+        "boolean-number",
+        "no-rows",
+    ],
 )
 def test_bad_payload_is_a_readable_400_and_the_server_keeps_serving(served, body, needles):
     status, error = post(served["table_url"], body)
@@ -380,3 +394,18 @@ def test_missing_store_is_not_created(tmp_path, capsys):
     assert code == 2
     assert "no MLflow store" in capsys.readouterr().err
     assert not db.exists()
+
+
+def test_the_printed_request_is_strict_json_when_the_example_has_missing_values(monkeypatch):
+    """MLflow saves a missing value of the serving example as ``NaN``, which is not JSON:
+    the ``curl`` line sends ``null`` instead (read back as the same missing value)."""
+    import mlflow.models.utils
+
+    from sweep.deploy import payload_hint
+
+    saved = '{"dataframe_split": {"columns": ["a", "b"], "data": [[NaN, 1.5], [2.0, Infinity]]}}'
+    monkeypatch.setattr(mlflow.models.utils, "load_serving_example", lambda uri: saved)
+    hint = payload_hint(None, "models:/m/1")
+    assert json.loads(hint, parse_constant=pytest.fail) == {
+        "dataframe_split": {"columns": ["a", "b"], "data": [[None, 1.5]]}
+    }

@@ -130,6 +130,17 @@ def test_a_boolean_column_reads_the_same_however_true_is_spelt():
     assert np.array_equal(pre.transform(spelt), pre.transform(as_bools))
 
 
+def test_a_boolean_in_a_numeric_column_is_refused_not_read_as_one():
+    """pandas reads True as 1.0; a column trained on numbers never held one, so a JSON
+    ``true`` there is a mistake to name, not a value."""
+    x = pd.DataFrame({"n": [1.0, 2.0, 3.0, 4.0]})
+    pre = TablePreprocessor(CLASSIFICATION, ["n"]).fit(x, ["a", "b", "a", "b"])
+    for column in ([True, False], [2.0, True], pd.Series([True, None], dtype="boolean")):
+        with pytest.raises(ValueError, match=r"column 'n': True is not a number"):
+            pre.transform(pd.DataFrame({"n": column}))
+    assert pre.transform(pd.DataFrame({"n": [None, "2.5"]})).shape == (2, 1)
+
+
 def test_statistics_fitted_on_train_only(tmp_path):
     n = 50
     df = pd.DataFrame({"x": np.arange(n, dtype=float), "label": np.linspace(0.5, 99.5, n)})

@@ -72,6 +72,11 @@ def _non_numeric(values: pd.Series) -> pd.Series:
 
 def _to_float(values: pd.Series, column: str) -> np.ndarray:
     """Numbers as float64 with missing and infinite values as NaN; ValueError names the column."""
+    if ptypes.is_bool_dtype(values) or ptypes.is_object_dtype(values):
+        # pd.to_numeric reads True as 1.0; a numeric column never held one (column_kind).
+        flag = next((v for v in values if isinstance(v, bool | np.bool_)), None)
+        if flag is not None:
+            raise ValueError(f"column {column!r}: {_py(flag)!r} is not a number")
     if ptypes.is_object_dtype(values) or ptypes.is_string_dtype(values):
         bad = _non_numeric(values)
         bad = bad[bad.astype(str).str.strip() != ""]  # blanks are missing values, not typos
