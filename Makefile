@@ -9,6 +9,9 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
+# make test: test processes side by side (most tests keep one core busy; 0 runs them
+# in this one); a module's tests that share a costly fixture stay in one process.
+TEST_WORKERS ?= 2
 HOST ?= 127.0.0.1
 PORT ?= 5000
 # Study shortcuts, for sweep, worker, check, report and optuna-dashboard:
@@ -49,7 +52,7 @@ sweep: $(STAMP)
 	$(study_env) $(BIN)/sweep tune $(study_args) $(ARGS)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check sweep tests

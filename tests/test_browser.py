@@ -26,6 +26,9 @@ import pytest
 from test_compare import STUDY_A, STUDY_B, TinyStore, tiny_store
 from test_report import listening_hosts, make_target, stop_group, wait_for_listener
 
+# One test process builds the shared tiny store (tiny_store) and runs every test on it.
+pytestmark = pytest.mark.xdist_group("tiny_store")
+
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 CHROME_FLAGS = (
     "--headless",

@@ -14,6 +14,9 @@ from pathlib import Path
 
 import pytest
 
+# One test process builds the shared tiny store (tiny_store) and runs every test on it.
+pytestmark = pytest.mark.xdist_group("tiny_store")
+
 ROOT = Path(__file__).resolve().parent.parent
 
 STUDY_A = "tiny_a"  # single objective, pruning, champion (k=2 candidates, 2 seeds each)

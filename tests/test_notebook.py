@@ -8,6 +8,9 @@ from pathlib import Path
 import pytest
 from test_compare import PLAIN, ROOT, STUDY_A, STUDY_B, TinyStore, tiny_store
 
+# One test process builds the shared tiny store (tiny_store) and runs every test on it.
+pytestmark = pytest.mark.xdist_group("tiny_store")
+
 NOTEBOOK = ROOT / "dashboards" / "compare_experiments.ipynb"
 
 

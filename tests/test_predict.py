@@ -16,7 +16,8 @@ from sweep.config import load_run_config
 from sweep.deploy import DeployError, predict_file
 from sweep.train import run
 
-pytestmark = pytest.mark.e2e
+# One test process runs this module: its module-scoped fixtures are built once.
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("predict")]
 
 FEATURES = ["age", "height", "color"]
 

@@ -19,6 +19,9 @@ import pytest
 from conftest import cli_env
 from test_compare import ROOT, STUDY_A, STUDY_B, TinyStore, tiny_store
 
+# One test process builds the shared tiny store (tiny_store) and runs every test on it.
+pytestmark = pytest.mark.xdist_group("tiny_store")
+
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> TinyStore:

@@ -19,7 +19,8 @@ from sweep.errors import ConfigError
 from sweep.rerun import apply_overrides, code_warnings, is_timing_metric, rerun
 from sweep.train import run
 
-pytestmark = pytest.mark.e2e
+# One test process runs this module: its module-scoped fixtures are built once.
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("rerun")]
 
 
 def histories(client: MlflowClient, run_id: str) -> dict[str, list[tuple[int, float]]]:
