@@ -26,7 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "tracking-server": (
         "MLflow tracking server on PostgreSQL: sweep tracking-server [backend=URL] "
-        "[artifacts=DIR] [host=127.0.0.1] [port=5000]",
+        "[artifacts=DIR] [host=127.0.0.1] [port=5000] [workers=4]",
         "sweep.server:server_command",
     ),
     "check": (

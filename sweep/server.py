@@ -22,6 +22,7 @@ DEFAULTS = {
     "artifacts": "mlartifacts",
     "host": "127.0.0.1",
     "port": "5000",
+    "workers": "4",  # MLflow's own default: request-handling processes
 }
 
 
@@ -59,6 +60,8 @@ def ensure_database(url: str) -> None:
 
 def server_command(args: list[str]) -> int:
     options = parse_options(args, DEFAULTS)
+    if not options["workers"].isdigit() or int(options["workers"]) < 1:
+        raise ConfigError(f"workers={options['workers']}: expected a whole number of at least 1")
     backend = options["backend"]
     if backend.startswith("postgresql"):
         ensure_database(backend)
@@ -76,6 +79,8 @@ def server_command(args: list[str]) -> int:
         options["host"],
         "--port",
         options["port"],
+        "--workers",
+        options["workers"],
     ]
     print(
         f"MLflow tracking server on http://{options['host']}:{options['port']} "

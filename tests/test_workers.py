@@ -90,6 +90,17 @@ def _wait_for_running_trial(
     raise AssertionError(f"no RUNNING trial in study {name} within {timeout} s")
 
 
+def _rerun_here(args: list[str]) -> None:
+    """Run the `sweep tune ARGS` command ``args`` again, in this process: resuming is
+    :func:`sweep.study.tune`'s work, and a new process would add only its imports (~10 s
+    of CPU on a slow machine). test_sigterm_stops_cleanly_and_the_same_command_resumes
+    reruns the command itself."""
+    from sweep.study import tune
+
+    assert args[0] == "tune", args
+    tune(args[1:], progress=False)
+
+
 def _assert_complete(name: str, n_trials: int, extra: list[str] | None = None):
     study = _load(name, extra)
     numbers = [t.number for t in study.trials]
@@ -297,8 +308,7 @@ def test_a_worker_killed_mid_trial_is_failed_retried_and_its_run_closed(tracked,
             coordinator.kill()
     assert coordinator.returncode == 0, err[-3000:]
     # Rerunning the same command has nothing left to do and leaves everything consistent.
-    again = run_cli(*args, cwd=tmp_path, uri=tracked, timeout=300)
-    assert again.returncode == 0, again.stderr[-3000:]
+    _rerun_here(args)
     study = _assert_complete(name, 4)
     killed = study.trials[trial.number]
     assert killed.state.name == "FAIL"
@@ -315,13 +325,13 @@ def test_a_worker_killed_mid_trial_is_failed_retried_and_its_run_closed(tracked,
 def test_a_joining_worker_aims_for_the_studys_own_target(tracked, tmp_path):
     """Without study.n_trials of its own, `sweep worker` stops at the target `sweep tune`
     set (3 here), not at the config's default (20); with one, it adds trials up to it."""
+    from sweep.workers import worker_command
+
     args = [*QUICK, "study.name=target"]
-    assert run_cli("tune", *args, "study.n_trials=3", cwd=tmp_path, uri=tracked).returncode == 0
-    joined = run_cli("worker", *args, cwd=tmp_path, uri=tracked)
-    assert joined.returncode == 0, joined.stderr[-3000:]
+    _rerun_here(["tune", *args, "study.n_trials=3"])
+    assert worker_command(args) == 0  # what `sweep worker ARGS` runs
     assert len(_load("target").trials) == 3
-    more = run_cli("worker", *args, "study.n_trials=4", cwd=tmp_path, uri=tracked)
-    assert more.returncode == 0, more.stderr[-3000:]
+    assert worker_command([*args, "study.n_trials=4"]) == 0
     assert len(_load("target").trials) == 4
 
 
@@ -376,8 +386,7 @@ def test_check_lists_the_trial_and_parent_run_a_sigkilled_tune_left_running(trac
     assert len(_check(name)) == 1  # the parent run's `sweep tune` still is on this host
     study._storage.set_trial_user_attr(trial_id, "worker", worker)
 
-    again = run_cli(*args, cwd=tmp_path, uri=tracked, timeout=300)
-    assert again.returncode == 0, again.stderr[-3000:]
+    _rerun_here(args)
     study = _assert_complete(name, 2)  # `sweep check` clean among the rest
     assert study.trials[trial.number].state == optuna.trial.TrialState.FAIL
     assert "died" in study.trials[trial.number].user_attrs["error"]
@@ -450,8 +459,7 @@ def test_sigterm_during_the_parallel_champion_closes_every_run_and_resumes(track
     assert roles == {"study", "champion_rerun"}
     assert len({r.data.tags["worker"] for r in stopped if r.data.tags.get("worker")}) == 2
 
-    again = run_cli(*args, cwd=tmp_path, uri=tracked, timeout=300)
-    assert again.returncode == 0, again.stderr[-3000:]
+    _rerun_here(args)
     study = _assert_complete(name, 2)
     assert study.user_attrs["champion"]["registered_name"] == name
 
@@ -485,8 +493,7 @@ def test_a_champion_rerun_a_sigkilled_tune_left_running_is_listed_and_closed(tra
     problems = _check(name)
     assert any(p.startswith(f"champion re-run {orphan.info.run_id} (") for p in problems)
     assert any(p.startswith("parent run ") for p in problems)
-    again = run_cli(*args, cwd=tmp_path, uri=tracked, timeout=300)
-    assert again.returncode == 0, again.stderr[-3000:]
+    _rerun_here(args)
     _assert_complete(name, 1)  # `sweep check` clean among the rest
     from mlflow.tracking import MlflowClient
 
@@ -524,7 +531,13 @@ def test_multi_machine_recipe_tracking_server_postgres_and_a_joining_worker(tmp_
     port = _free_port()
     uri = f"http://127.0.0.1:{port}"
     server = _start(
-        ["tracking-server", f"backend={backend}", f"artifacts={tmp_path / 'art'}", f"port={port}"],
+        [
+            "tracking-server",
+            f"backend={backend}",
+            f"artifacts={tmp_path / 'art'}",
+            f"port={port}",
+            "workers=1",  # one request-handling process is plenty here
+        ],
         tmp_path,
         uri,
         output=tmp_path / "server.log",  # its request log: nobody reads it meanwhile
@@ -629,3 +642,12 @@ def test_orphan_runs_are_closed_and_each_failed_trials_run_read_once(tracked, mo
     assert reads == runs  # each once
     statuses = [get_run(client, r).info.status for r in runs]
     assert statuses == ["FAILED", "KILLED", "KILLED"]
+
+
+@pytest.mark.parametrize("value", ["0", "two", "-1"])
+def test_tracking_server_refuses_a_bad_workers_count_before_starting(value):
+    from sweep.errors import ConfigError
+    from sweep.server import server_command
+
+    with pytest.raises(ConfigError, match=rf"^workers={value}: expected a whole number"):
+        server_command([f"workers={value}", "backend=postgresql://nobody@127.0.0.1:1/none"])
