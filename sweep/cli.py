@@ -120,7 +120,7 @@ def _print_run_summary(result, cfg) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     from sweep.errors import SweepError
-    from sweep.interrupts import raise_keyboard_interrupt
+    from sweep.interrupts import raise_keyboard_interrupt, taken
 
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] not in COMMANDS:
@@ -131,8 +131,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sweep {command}: {COMMANDS[command][0]}")
         return 0
     # SIGTERM takes the same path as Ctrl-C: runs and trials are closed, not left RUNNING.
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, raise_keyboard_interrupt)
+    caught = (signal.SIGINT, signal.SIGTERM)
+    before = {s: signal.signal(s, raise_keyboard_interrupt) for s in caught}
     module_name, function_name = COMMANDS[command][1].split(":")
     handler = getattr(importlib.import_module(module_name), function_name)
     try:
@@ -141,8 +141,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
+        taken()
         print(f"interrupted: {INTERRUPTED.get(command, 'stopped')}", file=sys.stderr)
         return 130
+    finally:
+        for signum, previous in before.items():  # as they were: main() may run in-process
+            signal.signal(signum, previous)
 
 
 if __name__ == "__main__":

@@ -252,8 +252,6 @@ def open_run(
     """
     import mlflow
 
-    from sweep import interrupts
-
     experiment_id = ensure_experiment(experiment)
     # An exported MLFLOW_RUN_ID would override the parent (mlflow #15713).
     os.environ.pop("MLFLOW_RUN_ID", None)
@@ -274,7 +272,6 @@ def open_run(
         recorder.flush()  # inside the try: a write that fails makes the run FAILED
     except (KeyboardInterrupt, SystemExit) as exc:
         status = "KILLED"
-        interrupts.taken()
         release_interrupted(exc)
         _tag_error(recorder, f"interrupted ({type(exc).__name__})")
         raise
@@ -291,7 +288,8 @@ def open_run(
 
 
 def release_interrupted(exc: BaseException) -> None:
-    """Free what the frames an interruption cut short still hold, before writing about it.
+    """An interruption has reached its handler: free what the frames it cut short still
+    hold, before writing about it, and mark it taken (:func:`sweep.interrupts.taken`).
 
     A signal landing inside an MLflow write to its sqlite store leaves that connection, and
     with it the database's write lock, referenced from the traceback's frames only: until
@@ -299,6 +297,9 @@ def release_interrupted(exc: BaseException) -> None:
     timeout (20 s) and fails, and its error would replace the KeyboardInterrupt."""
     import traceback
 
+    from sweep import interrupts
+
+    interrupts.taken()
     traceback.clear_frames(exc.__traceback__)  # frames still running are left as they are
 
 

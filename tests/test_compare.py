@@ -350,10 +350,15 @@ def test_a_wide_table_is_printed_in_blocks_that_fit_with_every_cell_whole() -> N
 def test_compare_command_rejects_bad_arguments(
     store: TinyStore, capsys: pytest.CaptureFixture
 ) -> None:
+    import signal
+
     from sweep.cli import main
 
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     assert main(["compare", "experiment=a"]) == 2
     assert "key one of: experiments" in capsys.readouterr().err
+    # Its Ctrl-C / SIGTERM handlers are the CLI's while it runs, not this process's after.
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers
     assert main(["compare", "states=[DONE]"]) == 2
     assert "unknown state 'DONE'" in capsys.readouterr().err
     bad_filter = ["compare", f"tracking.uri={store.uri}", "filter=params.x ==== 1"]
