@@ -4,10 +4,6 @@ pruners made for the trials' best-so-far reports (``sweep.pruners``)."""
 
 from __future__ import annotations
 
-import fcntl
-import os
-import threading
-import weakref
 from pathlib import Path
 from typing import Any
 
@@ -275,45 +271,12 @@ def load_existing_study(name: str, url: str):
         ) from None
 
 
-class JournalFlock:
-    """The journal file's inter-process lock: ``flock`` on a file beside the journal.
-
-    A lock object for Optuna's ``JournalFileBackend`` (``acquire``/``release``), in place of
-    its lock files. Those are polled with a back-off that doubles up to 1 s, so workers that
-    report every epoch wait on each other far longer than the lock is held (measured, 2
-    workers: 2.5-5x the time of flock for the same appends), and a worker killed while
-    holding one stalls the others for its 30 s grace period. The kernel queues ``flock``
-    waiters and drops the lock of a dead process at once. Local file systems only: many
-    machines share a study through PostgreSQL.
-    """
-
-    def __init__(self, journal_path: str):
-        self.path = f"{journal_path}.flock"
-        self._fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
-        self._threads = threading.Lock()  # flock does not exclude threads sharing the fd
-        weakref.finalize(self, os.close, self._fd)  # also safe at interpreter exit
-
-    def acquire(self) -> bool:
-        self._threads.acquire()
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX)
-        except BaseException:
-            self._threads.release()
-            raise
-        return True
-
-    def release(self) -> None:
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-        finally:
-            self._threads.release()
-
-
 def build_storage(url: str, heartbeat_interval: int | None = None, grace_period: int | None = None):
     """Optuna's storage for a URL. ``journal:///path`` is the journal file (``flock``)."""
     import optuna
     from optuna.storages import JournalStorage, RDBStorage
-    from optuna.storages.journal import JournalFileBackend
+
+    from sweep.journal import JournalFile
 
     path = storage_file(url)
     journal = url.startswith("journal:")
@@ -326,8 +289,7 @@ def build_storage(url: str, heartbeat_interval: int | None = None, grace_period:
             path.parent.mkdir(parents=True, exist_ok=True)
         if journal:
             _check_journal_file(path)
-            backend = JournalFileBackend(str(path), lock_obj=JournalFlock(str(path)))
-            storage = JournalStorage(backend)
+            storage = JournalStorage(JournalFile(str(path)))
             storage.get_all_studies()  # replays the journal: a damaged one fails here
             return storage
     except (OSError, ValueError, KeyError, TypeError) as exc:

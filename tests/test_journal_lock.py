@@ -1,4 +1,4 @@
-"""The embedded storage's journal lock (sweep.optuna_parts.JournalFlock), with real
+"""The embedded storage's journal lock (sweep.journal.JournalFlock), with real
 processes: it excludes other processes, a killed holder releases it at once, and four
 processes writing one study leave a complete, consistent journal."""
 
@@ -11,11 +11,12 @@ import sys
 import time
 from pathlib import Path
 
-from sweep.optuna_parts import JournalFlock, build_storage
+from sweep.journal import JournalFlock
+from sweep.optuna_parts import build_storage
 
 HOLD = """
 import sys, time
-from sweep.optuna_parts import JournalFlock
+from sweep.journal import JournalFlock
 lock = JournalFlock(sys.argv[1])
 lock.acquire()
 print("held", flush=True)
@@ -83,3 +84,41 @@ def test_four_processes_write_one_consistent_study(tmp_path: Path) -> None:
     assert sorted(t.number for t in trials) == list(range(40))
     assert all(t.state.name == "COMPLETE" and len(t.intermediate_values) == 20 for t in trials)
     assert sorted(t.user_attrs["worker"] for t in trials) == sorted("0123" * 10)
+
+
+def test_the_journal_op_codes_of_a_running_trial_are_optunas() -> None:
+    from optuna.storages.journal._storage import JournalOperation as Op
+
+    from sweep.journal import RUNNING_TRIAL_OPS
+
+    assert {
+        Op.SET_TRIAL_PARAM,
+        Op.SET_TRIAL_INTERMEDIATE_VALUE,
+        Op.SET_TRIAL_USER_ATTR,
+        Op.SET_TRIAL_SYSTEM_ATTR,
+    } == RUNNING_TRIAL_OPS
+
+
+def test_only_trial_state_changes_are_fsynced_and_everything_reads_back(
+    tmp_path: Path, monkeypatch
+) -> None:
+    import optuna
+
+    url = f"journal:///{tmp_path / 'optuna.journal'}"
+    study = optuna.create_study(study_name="s", storage=build_storage(url))
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+    trial = study.ask()
+    assert len(synced) == 1  # a new trial
+    trial.suggest_float("lr", 1e-4, 1e-1, log=True)
+    for step in range(30):
+        trial.report(1.0 / (step + 1), step)
+    trial.set_user_attr("run_id", "abc")
+    assert len(synced) == 1  # the running trial's writes: no fsync of their own
+    study.tell(trial, 0.5)
+    assert len(synced) == 2  # the trial ends: its writes go to disk with this fsync
+    again = optuna.load_study(study_name="s", storage=build_storage(url)).trials[0]
+    assert again.state.name == "COMPLETE" and again.value == 0.5
+    assert again.intermediate_values == {s: 1.0 / (s + 1) for s in range(30)}
+    assert again.params.keys() == {"lr"} and again.user_attrs == {"run_id": "abc"}

@@ -1,0 +1,84 @@
+"""The embedded study storage: Optuna's journal file, with a ``flock`` lock and an fsync
+per trial state change rather than per write."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import threading
+import weakref
+from typing import Any
+
+from optuna.storages.journal import JournalFileBackend
+
+#: The journal's op codes (its on-disk format, Optuna's ``JournalOperation``) of the writes
+#: about a trial while it runs: a sampled param, a report, a user or system attribute.
+RUNNING_TRIAL_OPS = frozenset({5, 7, 8, 9})
+
+
+class JournalFlock:
+    """The journal file's inter-process lock: ``flock`` on a file beside the journal.
+
+    A lock object for Optuna's ``JournalFileBackend`` (``acquire``/``release``), in place of
+    its lock files. Those are polled with a back-off that doubles up to 1 s, so workers that
+    report every epoch wait on each other far longer than the lock is held (measured, 2
+    workers: 2.5-5x the time of flock for the same appends), and a worker killed while
+    holding one stalls the others for its 30 s grace period. The kernel queues ``flock``
+    waiters and drops the lock of a dead process at once. Local file systems only: many
+    machines share a study through PostgreSQL.
+    """
+
+    def __init__(self, journal_path: str):
+        self.path = f"{journal_path}.flock"
+        self._fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
+        self._threads = threading.Lock()  # flock does not exclude threads sharing the fd
+        weakref.finalize(self, os.close, self._fd)  # also safe at interpreter exit
+
+    def acquire(self) -> bool:
+        self._threads.acquire()
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+        except BaseException:
+            self._threads.release()
+            raise
+        return True
+
+    def release(self) -> None:
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            self._threads.release()
+
+
+class JournalFile(JournalFileBackend):
+    """Optuna's ``JournalFileBackend`` on a :class:`JournalFlock`, where the writes about a
+    running trial (:data:`RUNNING_TRIAL_OPS`) are appended without an fsync of their own.
+
+    Optuna fsyncs every append: about 1 ms here, and a trial of 30 epochs makes some 40
+    appends (its params, a report per epoch, its attributes), a fifth of its overhead over
+    a hand-written loop (measured). Such a write needs no fsync of its own: it is in the
+    kernel once written, so a process that crashes loses nothing, and the trial's next
+    state change (its ``tell``) fsyncs the file, which puts every earlier append on disk
+    with it. Creating a study or a trial and ending a trial are fsynced as before, so only
+    a machine that loses power mid-trial can lose that running trial's last reports; the
+    trial is then failed as stale when the study resumes, and retried.
+    """
+
+    def __init__(self, file_path: str):
+        self._flock = JournalFlock(file_path)
+        self._journal_path = file_path
+        super().__init__(file_path, lock_obj=self._flock)
+
+    def append_logs(self, logs: list[dict[str, Any]]) -> None:
+        if not all(log.get("op_code") in RUNNING_TRIAL_OPS for log in logs):
+            super().append_logs(logs)
+            return
+        # The lines exactly as Optuna writes them (read back by its read_logs).
+        lines = "".join(json.dumps(log, separators=(",", ":")) + "\n" for log in logs)
+        self._flock.acquire()
+        try:
+            with open(self._journal_path, "ab") as f:
+                f.write(lines.encode("utf-8"))
+        finally:
+            self._flock.release()
