@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from sweep.errors import SweepError
+from sweep.tracking import sqlite_path
 
 DEFAULT_HOST = "127.0.0.1"  # loopback: a model server is not exposed unless asked
 DEFAULT_PORT = 5001  # 5000 is `make ui`
@@ -106,14 +107,6 @@ def champion_uri(study: str | None = None) -> str:
     cfg = compose("sweep")
     name = cfg.champion.get("registered_name") or cfg.study.name
     return f"models:/{name}@{ALIAS}"
-
-
-def sqlite_path(tracking_uri: str) -> Path | None:
-    """The database file of a ``sqlite:///`` tracking URI (None for other stores)."""
-    if not tracking_uri.startswith("sqlite:///"):
-        return None
-    path = tracking_uri[len("sqlite:///") :].split("?", 1)[0]
-    return None if path in ("", ":memory:") else Path(path)
 
 
 def require_store(tracking_uri: str) -> None:

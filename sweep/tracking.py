@@ -54,10 +54,69 @@ def setup(uri: str | None, check_store: bool = False) -> str:
     # in each process, measured): off unless the user turns it on.
     os.environ.setdefault("MLFLOW_ENABLE_SGC_RUN_RESUMPTION_FOR_DATABRICKS_JOBS", "false")
     resolved = resolve_tracking_uri(uri)
+    database = sqlite_path(resolved)
+    if database is not None:
+        write_ahead_log(database)
     mlflow.set_tracking_uri(resolved)
     if check_store:
         _check_store(resolved, "tracking.uri" if uri else "MLFLOW_TRACKING_URI")
     return resolved
+
+
+def sqlite_path(tracking_uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` tracking URI (None for other stores)."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    path = tracking_uri[len("sqlite:///") :].split("?", 1)[0]
+    return None if path in ("", ":memory:") else Path(path)
+
+
+_WAL_DATABASES: set[str] = set()  # real paths of the sqlite stores opened in WAL mode
+
+
+def write_ahead_log(database: Path) -> None:
+    """Open the sqlite store ``database`` in WAL mode, committing without an fsync.
+
+    In sqlite's default rollback-journal mode with full sync, each commit waits for
+    several fsyncs, and MLflow commits a dozen times a trial (the run, its batches, its
+    model): 40 ms a trial here, 4% of a small one (measured). In WAL mode with
+    ``synchronous=NORMAL`` a commit appends to the log and only checkpoints sync: a
+    crashed process loses nothing, a machine that loses power may lose its last commits
+    but never corrupts the database. Readers (the MLflow UI, ``sweep compare``) no longer
+    wait for a writer either. The mode is the database file's own and stays; sqlite copies
+    the log (``mlflow.db-wal``) into the database when its last connection closes, as the
+    last process using it exits, so the file alone then holds every run.
+
+    Every SQLAlchemy connection this process opens to that file is set up so: MLflow's
+    own, made on first use, included.
+    """
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    real = os.path.realpath(database)
+    if real in _WAL_DATABASES:
+        return
+    if not _WAL_DATABASES:
+        event.listen(Engine, "connect", _on_connect)
+    _WAL_DATABASES.add(real)
+
+
+def _on_connect(connection: Any, _record: Any) -> None:
+    import sqlite3
+
+    if not isinstance(connection, sqlite3.Connection):
+        return
+    main = connection.execute("PRAGMA database_list").fetchone()  # (0, "main", file)
+    if main is None or not main[2] or os.path.realpath(main[2]) not in _WAL_DATABASES:
+        return
+    mode = connection.execute("PRAGMA journal_mode").fetchone()[0]
+    if mode != "wal":
+        try:
+            mode = connection.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        except sqlite3.OperationalError:
+            return  # another process holds the file: it stays as it is for this connection
+    if mode == "wal":  # in rollback-journal mode, NORMAL could corrupt it on power loss
+        connection.execute("PRAGMA synchronous=NORMAL")
 
 
 @functools.lru_cache(maxsize=8)

@@ -1,0 +1,72 @@
+"""The MLflow sqlite store in WAL mode (sweep.tracking.write_ahead_log): MLflow's own
+connections commit without an fsync, and the database file alone holds every run once the
+process has exited."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import cli_env
+
+WRITE_A_RUN = """
+import sys
+from sweep import tracking
+tracking.setup(sys.argv[1], check_store=True)
+with tracking.open_run("wal", run_name="one") as run:
+    run.metrics({"val/acc": 0.5}, step=1)
+print(run.run_id)
+"""
+
+
+def test_mlflows_connections_write_ahead_without_an_fsync_per_commit(tracked: str) -> None:
+    import mlflow
+    from mlflow.tracking._tracking_service.utils import _get_store
+
+    from sweep import tracking
+
+    tracking.setup(tracked)
+    with tracking.open_run("wal") as run:
+        run.metrics({"val/acc": 0.5}, step=1)
+    with _get_store().engine.connect() as conn:  # one of MLflow's own connections
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
+    assert mlflow.get_run(run.run_id).data.metrics == {"val/acc": 0.5}
+
+
+def test_other_sqlite_databases_are_left_as_they_are(tracked: str, tmp_path: Path) -> None:
+    import sqlalchemy as sa
+
+    from sweep import tracking
+
+    tracking.setup(tracked)
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'other.db'}")
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "delete"
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+    engine.dispose()
+
+
+def test_the_database_file_alone_holds_the_run_after_the_process_exits(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    done = subprocess.run(
+        [sys.executable, "-c", WRITE_A_RUN, uri],
+        env=cli_env(None),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    run_id = done.stdout.strip().splitlines()[-1]
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    shutil.copy(tmp_path / "mlflow.db", copy / "mlflow.db")  # without mlflow.db-wal
+    with sqlite3.connect(copy / "mlflow.db") as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        status = conn.execute("select status from runs where run_uuid = ?", (run_id,)).fetchone()
+        values = conn.execute("select key, value from metrics where run_uuid = ?", (run_id,))
+        assert status == ("FINISHED",)
+        assert values.fetchall() == [("val/acc", 0.5)]
