@@ -1,6 +1,6 @@
 """The Optuna pruning hook for Lightning.
 
-Reports the monitored validation metric to the trial after every validation epoch, as
+Reports the monitored validation metric to the trial after every epoch's validation, as
 its best value so far: a trial's objective is its validation score at the best epoch
 (whose weights are restored), so that is the intermediate value to rank trials by, and
 one noisy epoch (common in the first epochs of a CNN) neither prunes a trial that was
@@ -28,8 +28,8 @@ class OptunaPruning(L.Callback):
         self.best: float | None = None
         self.pruned_epoch: int | None = None
 
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or self.monitor not in pl_module.epoch_metrics:
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.monitor not in pl_module.epoch_metrics:
             return
         epoch = trainer.current_epoch
         value = float(pl_module.epoch_metrics[self.monitor])

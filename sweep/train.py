@@ -102,13 +102,18 @@ def run(
     overrides: list[str] | None = None,
     load_first: bool = True,
     on_start: Callable[[str], None] | None = None,
+    result_tags: Callable[[RunResult], dict[str, Any]] | None = None,
 ) -> RunResult:
     """Train, validate and test one config and record it as one MLflow run.
 
     ``load_first`` loads the data before the MLflow run exists, so bad data leaves no
     run behind (``sweep train``); a trial passes False so its run records the failure.
-    ``callbacks`` are extra Lightning callbacks (the pruning hook of a trial);
-    ``on_start(run_id)`` is called once the MLflow run exists.
+    ``callbacks`` are extra Lightning callbacks (the pruning hook of a trial); each
+    epoch's validation metrics are in ``pl_module.epoch_metrics`` when their
+    ``on_train_epoch_end`` runs (Lightning's validation hooks do not run in a fit: see
+    :class:`sweep.callbacks.EpochValidation`). ``on_start(run_id)`` is called once the
+    MLflow run exists; ``result_tags(result)`` gives tags written with the run's last
+    batch (a trial's state).
     """
     from sweep import tracking
 
@@ -121,13 +126,18 @@ def run(
     ) as recorder:
         if on_start is not None:
             on_start(recorder.run_id)
-        return _train_in_run(cfg, recorder, callbacks or [])
+        return _train_in_run(cfg, recorder, callbacks or [], result_tags)
 
 
-def _train_in_run(cfg: DictConfig, recorder, callbacks: list) -> RunResult:
+def _train_in_run(
+    cfg: DictConfig,
+    recorder,
+    callbacks: list,
+    result_tags: Callable[[RunResult], dict[str, Any]] | None = None,
+) -> RunResult:
     import lightning as L
 
-    from sweep.callbacks import BestWeights, EpochRecorder
+    from sweep.callbacks import BestWeights, EpochRecorder, EpochValidation
     from sweep.data.module import ArrayDataModule
     from sweep.models.networks import build_network, count_parameters
     from sweep.models.task import Task
@@ -135,13 +145,14 @@ def _train_in_run(cfg: DictConfig, recorder, callbacks: list) -> RunResult:
     quiet_lightning()
     dataset = load_data(cfg)
     monitor, mode = monitor_of(cfg, dataset.task)
+    run_cfg = config_mod.run_part(cfg)
     recorder.params(
         {
-            **config_mod.flatten(config_mod.run_part(cfg)),
+            **config_mod.flatten(run_cfg),
             **{f"data.{k}": v for k, v in dataset.shape_info().items()},
         }
     )
-    recorder.text(OmegaConf.to_yaml(config_mod.run_part(cfg)), "config.yaml")
+    recorder.text(OmegaConf.to_yaml(run_cfg), "config.yaml")
 
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     network = build_network(cfg.model, dataset.input_shape, dataset.num_outputs)
@@ -166,7 +177,8 @@ def _train_in_run(cfg: DictConfig, recorder, callbacks: list) -> RunResult:
     epoch_recorder = EpochRecorder(
         recorder, int(cfg.trainer.max_epochs), bool(cfg.trainer.progress)
     )
-    all_callbacks = [epoch_recorder, best, *callbacks]
+    # Validation first: the others read its metrics at the end of each epoch.
+    all_callbacks = [EpochValidation(), epoch_recorder, best, *callbacks]
     es = cfg.trainer.early_stopping
     if es.enabled:
         from lightning.pytorch.callbacks import EarlyStopping
@@ -246,6 +258,7 @@ def _train_in_run(cfg: DictConfig, recorder, callbacks: list) -> RunResult:
             "best_epoch": best.best_epoch,
             "device": task.trained_on,
             **({"model_uri": model_uri} if model_uri else {}),
+            **(result_tags(result) if result_tags else {}),
         }
     )
     return result
@@ -280,6 +293,7 @@ def build_trainer(cfg: DictConfig, callbacks: list):
         enable_progress_bar=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
+        limit_val_batches=0,  # each epoch's validation is EpochValidation's (a callback)
     )
 
 

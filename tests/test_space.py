@@ -283,9 +283,7 @@ def test_pruning_hook_reports_the_best_value_so_far() -> None:
         hook = OptunaPruning(trial, "val/x", mode)
         for epoch, value in enumerate(values):
             module = SimpleNamespace(epoch_metrics={"val/x": value})
-            hook.on_validation_end(
-                SimpleNamespace(sanity_checking=False, current_epoch=epoch), module
-            )
+            hook.on_train_epoch_end(SimpleNamespace(current_epoch=epoch), module)
         assert reported == list(zip(expected, range(4), strict=True))
 
 

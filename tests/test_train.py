@@ -249,7 +249,7 @@ def test_best_weights_are_restored(tracked, monkeypatch):
         def __init__(self):
             self.states = []
 
-        def on_validation_end(self, trainer, pl_module):
+        def on_train_epoch_end(self, trainer, pl_module):  # after the validation
             net = pl_module.network
             # On the CPU, as the logged model is (training may run on a GPU).
             self.states.append({k: v.detach().cpu().clone() for k, v in net.state_dict().items()})
@@ -427,6 +427,45 @@ def test_both_loaders_give_the_same_metrics(tracked):
     assert {"train/loss", "val/loss", "val/acc", "test/acc"} <= compared
     for key in sorted(compared):
         assert a[key] == b[key], key
+
+
+@pytest.mark.parametrize("loader", ["memory", "dataloader"])
+def test_epoch_validation_gives_what_lightnings_validation_loop_gives(tracked, monkeypatch, loader):
+    """Each epoch's validation is run by EpochValidation, not by the Trainer's loop: with
+    the loop back on instead, every metric of the run is the same (dropout off in eval
+    mode, the plateau scheduler's lr, the best epoch, early stopping's epoch)."""
+    from sweep import train as train_mod
+    from sweep.callbacks import EpochValidation
+
+    overrides = [
+        "data=synthetic",
+        "trainer.max_epochs=12",
+        "trainer.progress=false",
+        "trainer.early_stopping.patience=3",
+        "scheduler=plateau",
+        "model.dropout=0.3",
+        f"data.loader={loader}",
+        "tracking.log_model=false",
+    ]
+    _, ours = train(overrides)
+    build_trainer = train_mod.build_trainer
+
+    def with_lightnings_loop(cfg, callbacks):
+        trainer = build_trainer(cfg, callbacks)
+        trainer.limit_val_batches = 1.0  # the Trainer's default: validate every epoch
+        return trainer
+
+    monkeypatch.setattr(train_mod, "build_trainer", with_lightnings_loop)
+    monkeypatch.setattr(EpochValidation, "on_train_epoch_end", lambda *args: None)
+    _, lightnings = train(overrides)
+    client = MlflowClient(tracking_uri=tracked)
+    a, b = (histories(client, r.run_id) for r in (ours, lightnings))
+    assert set(a) == set(b)
+    compared = set(a) - TIMING_METRICS
+    assert {"val/loss", "val/acc", "val/f1", "lr", "test/acc", "best/epoch"} <= compared
+    for key in sorted(compared):
+        assert a[key] == b[key], key
+    assert ours.epochs_run == lightnings.epochs_run
 
 
 def test_plain_steps_give_the_same_metrics_as_lightnings_wrappers(tracked, monkeypatch):
