@@ -656,6 +656,7 @@ class Objective:
             overrides=overrides,
             load_first=False,
             on_start=lambda run_id: trial.set_user_attr("mlflow_run_id", run_id),
+            result_tags=_state_tags,  # with the run's last batch: no store call of its own
         )
         # The training is done: a Ctrl-C from here on must not throw its result away.
         with deferred_signals(self.interrupted):
@@ -665,9 +666,6 @@ class Objective:
             trial.set_user_attr("best_epoch", result.best_epoch)
             if result.pruned_epoch is not None:
                 trial.set_user_attr("pruned_epoch", result.pruned_epoch)
-                _tag_run(trial, "PRUNED", {"trial.pruned_epoch": result.pruned_epoch})
-            else:
-                _tag_run(trial, "COMPLETE", {})
         if self.interrupted:
             trial.study.stop()  # after this trial; optimize() raises KeyboardInterrupt
         if result.pruned_epoch is not None:
@@ -705,6 +703,14 @@ def _one_line(exc: BaseException) -> str:
     from sweep.tracking import one_line
 
     return one_line(exc)
+
+
+def _state_tags(result) -> dict[str, Any]:
+    """The MLflow tags of a trial whose training finished: COMPLETE, or PRUNED at an
+    epoch. A trial that fails is tagged FAIL by :func:`_tag_run` instead."""
+    if result.pruned_epoch is not None:
+        return {"trial.state": "PRUNED", "trial.pruned_epoch": result.pruned_epoch}
+    return {"trial.state": "COMPLETE"}
 
 
 def _tag_run(trial, state: str, extra: dict[str, Any]) -> None:

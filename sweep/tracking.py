@@ -225,11 +225,12 @@ class Recorder:
     written in batches by :meth:`flush` (at most every ``FLUSH_SECONDS`` on its own, and
     on leaving a ``with Recorder(run_id):`` block)."""
 
-    def __init__(self, run_id: str):
+    def __init__(self, run_id: str, artifact_uri: str | None = None):
         from mlflow.tracking import MlflowClient
 
         self.run_id = run_id
         self.client = MlflowClient()
+        self.artifact_uri = artifact_uri  # the run's, when known: no lookup per artifact
         self._params: list[Any] = []
         self._tags: list[Any] = []
         self._metrics: list[Any] = []
@@ -291,7 +292,27 @@ class Recorder:
         self._last_flush = time.time()
 
     def text(self, content: str, path: str) -> None:
-        self.client.log_text(self.run_id, content, path)
+        """``content`` as the run's artifact ``path``, as ``MlflowClient.log_text`` writes
+        it; into the run's known artifact location directly (the client looks the run up
+        first: 3 ms a call here)."""
+        if self.artifact_uri is None:
+            self.client.log_text(self.run_id, content, path)
+            return
+        import tempfile
+
+        import mlflow
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+        from mlflow.utils.uri import add_databricks_profile_info_to_artifact_uri
+
+        # The repository as the client resolves it from the run's artifact location.
+        tracking_uri = mlflow.get_tracking_uri()
+        location = add_databricks_profile_info_to_artifact_uri(self.artifact_uri, tracking_uri)
+        repository = get_artifact_repository(location, tracking_uri=tracking_uri)
+        folder, name = os.path.split(path)
+        with tempfile.TemporaryDirectory() as tmp:
+            file = Path(tmp, name)
+            file.write_text(content, encoding="utf-8")
+            repository.log_artifact(str(file), folder or None)
 
     def artifact(self, local_path: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(local_path), artifact_path)
@@ -326,7 +347,7 @@ def open_run(
                 parent_run_id=parent_run_id,
                 tags={k: str(v) for k, v in {**run_context_tags(), **(tags or {})}.items()},
             )
-            recorder = Recorder(run.info.run_id)
+            recorder = Recorder(run.info.run_id, run.info.artifact_uri)
         yield recorder
         recorder.flush()  # inside the try: a write that fails makes the run FAILED
     except (KeyboardInterrupt, SystemExit) as exc:

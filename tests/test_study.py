@@ -464,22 +464,21 @@ def test_ctrl_c_while_a_finished_trial_is_recorded_keeps_it_then_stops(tracked, 
     Ctrl-C anywhere else), and rerunning the command goes on from there."""
     import signal
 
+    import optuna
     from mlflow.tracking import MlflowClient
 
-    from sweep import study as study_mod
+    set_user_attr = optuna.trial.Trial.set_user_attr
 
-    tag_run = study_mod._tag_run
-
-    def tag_then_signal(trial, state, tags):
-        tag_run(trial, state, tags)
-        if state == "COMPLETE" and trial.number == 1:
+    def record_then_signal(trial, key, value):
+        set_user_attr(trial, key, value)
+        if key == "best_epoch" and trial.number == 1:  # among the result's attributes
             signal.raise_signal(signal.SIGINT)
 
     settings = [*QUICK, "pruner=none", "study.name=ctrlc", "study.n_trials=4"]
-    monkeypatch.setattr(study_mod, "_tag_run", tag_then_signal)
+    monkeypatch.setattr(optuna.trial.Trial, "set_user_attr", record_then_signal)
     with pytest.raises(KeyboardInterrupt):
         _tune(settings)
-    monkeypatch.setattr(study_mod, "_tag_run", tag_run)
+    monkeypatch.setattr(optuna.trial.Trial, "set_user_attr", set_user_attr)
     trials = _study("ctrlc").trials
     assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
     client = MlflowClient()
