@@ -147,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for signum, previous in before.items():  # as they were: main() may run in-process
             signal.signal(signum, previous)
+        if "sweep.tracking" in sys.modules:  # a command that opened the store
+            sys.modules["sweep.tracking"].checkpoint_stores()
 
 
 if __name__ == "__main__":

@@ -876,6 +876,7 @@ def tune(overrides: list[str], progress: bool = True) -> dict[str, Any]:
 
         release_workers(waiting, go=False)  # those still waiting, if it failed before
         MlflowClient().set_terminated(parent_run_id, status=status)
+        tracking.checkpoint_stores()  # mlflow.db alone holds the whole study
 
 
 def enqueue_base_point(study, spec: StudySpec) -> None:
