@@ -113,8 +113,8 @@ def checkpoint_stores() -> None:
     import sqlite3
 
     for database in _WAL_DATABASES:
-        with contextlib.suppress(sqlite3.Error):
-            connection = sqlite3.connect(database, timeout=0)
+        with contextlib.suppress(sqlite3.Error):  # gone, say: mode=rw never creates one
+            connection = sqlite3.connect(f"{Path(database).as_uri()}?mode=rw", uri=True)
             try:
                 connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
             finally:
@@ -131,10 +131,15 @@ def _on_connect(connection: Any, _record: Any) -> None:
         return
     mode = connection.execute("PRAGMA journal_mode").fetchone()[0]
     if mode != "wal":
+        # Switching needs the file to itself: try once, without waiting on other processes.
+        timeout = connection.execute("PRAGMA busy_timeout").fetchone()[0]
+        connection.execute("PRAGMA busy_timeout = 0")
         try:
             mode = connection.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         except sqlite3.OperationalError:
-            return  # another process holds the file: it stays as it is for this connection
+            pass  # in use elsewhere: this connection keeps the rollback journal
+        finally:
+            connection.execute(f"PRAGMA busy_timeout = {int(timeout)}")
     if mode == "wal":  # in rollback-journal mode, NORMAL could corrupt it on power loss
         connection.execute("PRAGMA synchronous=NORMAL")
 

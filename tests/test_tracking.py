@@ -58,3 +58,34 @@ def test_the_database_file_alone_holds_every_finished_run(tracked: str, tmp_path
         values = conn.execute("select key, value from metrics where run_uuid = ?", (run.run_id,))
         assert status.fetchone() == ("FINISHED",)
         assert values.fetchall() == [("val/acc", 0.5)]
+
+
+def test_a_store_in_use_elsewhere_is_opened_at_once_in_its_own_mode(
+    tracked: str, tmp_path: Path
+) -> None:
+    """Switching to WAL needs the file to itself: while another connection reads it, a
+    new connection does not wait for it, and keeps the rollback journal meanwhile."""
+    import time
+
+    import sqlalchemy as sa
+
+    from sweep import tracking
+
+    tracking.setup(tracked)
+    reader = sqlite3.connect(tmp_path / "mlflow.db", isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("select count(*) from runs").fetchone()  # a read lock, held
+    engine = sa.create_engine(tracked)
+    try:
+        started = time.monotonic()
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "delete"
+            assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+        assert time.monotonic() - started < 2  # pysqlite's own busy timeout is 5 s
+    finally:
+        reader.execute("COMMIT")
+        reader.close()
+        engine.dispose()
+    with engine.connect() as conn:  # the file to itself now
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    engine.dispose()
