@@ -4,8 +4,9 @@ do (no training: pure storage).
 
 Per Optuna worker: ``n`` trials of ask -> 10 x report -> tell through ``study.optimize``
 (heartbeat on for SQLite, as a crash-safe setup needs). Per MLflow worker: ``n`` runs of
-create -> params -> 10 metric batches -> terminate. Reports wall time, errors, and for
-Optuna whether trial numbers stayed unique and every trial finished.
+create -> params -> 10 metric batches -> terminate, on the store as the platform opens it
+(``sweep.tracking.setup``: WAL mode, a checkpoint as each run ends). Reports wall time,
+errors, and for Optuna whether trial numbers stayed unique and every trial finished.
 """
 
 from __future__ import annotations
@@ -46,7 +47,10 @@ def _mlflow_worker(uri: str, n: int, out: Any) -> None:
     from mlflow.entities import Metric, Param
     from mlflow.tracking import MlflowClient
 
+    from sweep import tracking
+
     errors: list[str] = []
+    tracking.setup(uri)
     client = MlflowClient(tracking_uri=uri)
     try:
         exp = client.get_experiment_by_name("bench").experiment_id
@@ -57,6 +61,7 @@ def _mlflow_worker(uri: str, n: int, out: Any) -> None:
             for step in range(10):
                 client.log_batch(rid, metrics=[Metric(f"m{k}", 0.1 * k, 0, step) for k in range(5)])
             client.set_terminated(rid)
+            tracking.checkpoint_stores()  # as sweep.tracking.open_run does
     except Exception as exc:
         errors.append("".join(traceback.format_exception_only(exc)).strip())
     out.put(errors)
@@ -101,8 +106,11 @@ def optuna_storage(kind: str, workers: int, n: int) -> dict[str, Any]:
 def mlflow_store(workers: int, n: int) -> dict[str, Any]:
     from mlflow.tracking import MlflowClient
 
+    from sweep import tracking
+
     with tempfile.TemporaryDirectory() as tmp:
         uri = f"sqlite:///{tmp}/mlflow.db"
+        tracking.setup(uri)  # as sweep tune: the store, then the workers
         MlflowClient(tracking_uri=uri).create_experiment("bench")  # schema first
         result = _run(_mlflow_worker, uri, workers, n)
         runs = MlflowClient(tracking_uri=uri).search_runs(
