@@ -219,7 +219,10 @@ class Task(L.LightningModule):
         if scheduler is None:
             return optimizer
         config = {"scheduler": scheduler, "interval": "epoch"}
-        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        plateau = isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+        if plateau and self.automatic_optimization:
+            # Only Lightning's own stepping reads it; in manual optimisation (ours, see
+            # _step_scheduler) it would be ignored with a warning in every run.
             config["monitor"] = self.monitor
         return {"optimizer": optimizer, "lr_scheduler": config}
 
