@@ -968,7 +968,21 @@ def trials_table(study):
         if t.datetime_start and t.datetime_complete:
             row["duration_s"] = (t.datetime_complete - t.datetime_start).total_seconds()
         rows.append(row)
-    return pd.DataFrame(rows)
+    return _with_integer_columns(pd.DataFrame(rows), rows)
+
+
+def _with_integer_columns(table, rows: list[dict[str, Any]]):
+    """Columns whose values are all ints as pandas' nullable ``Int64``: a conditional param
+    (``model.width`` only for MLPs) or an attribute a pruned trial lacks leaves gaps that
+    would otherwise turn the whole column into floats (128.0)."""
+    kinds: dict[str, set[type]] = {}
+    for row in rows:
+        for key, value in row.items():
+            kinds.setdefault(key, set()).add(type(value))
+    for column, types in kinds.items():
+        if types - {type(None)} == {int} and table[column].dtype != "int64":
+            table[column] = table[column].astype("Int64")
+    return table
 
 
 class _ProgressBar:
@@ -1104,7 +1118,9 @@ def _concat_nonempty(frames: list):
 
 
 def _fmt(value: Any) -> str:
-    if isinstance(value, float) and value != value:  # NaN: a parameter not sampled
+    import pandas as pd
+
+    if value is pd.NA or (isinstance(value, float) and value != value):  # not sampled
         return ""
     if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
         return str(int(value))  # an int column with gaps became float: 128.0 -> 128

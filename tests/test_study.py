@@ -391,6 +391,18 @@ def test_a_conditional_parameter_is_only_sampled_when_its_condition_holds(tracke
             assert "model.channels" not in trial.params
             assert "param.model.channels" not in run.data.tags
     assert models == {"mlp", "cnn"}
+    # The parent's trials.csv: a conditional int keeps its ints where it was sampled.
+    import io
+
+    import pandas as pd
+    from mlflow.tracking import MlflowClient
+
+    parent_id = study.user_attrs["mlflow_parent_run_id"]
+    path = MlflowClient().download_artifacts(parent_id, "trials.csv", str(tmp_path))
+    table = pd.read_csv(io.StringIO(Path(path).read_text()), dtype=str)  # the cells as written
+    widths = table.loc[table["params.model"] == "mlp", "params.model.width"]
+    assert sorted(widths) == ["32", "8"]  # not 8.0: the cnn rows' gaps make no floats
+    assert table.loc[table["params.model"] == "cnn", "params.model.width"].isna().all()
 
 
 def test_multi_objective_study_logs_the_pareto_front(tracked):
