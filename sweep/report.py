@@ -257,7 +257,10 @@ def render_report(
         "n_trials": len(trials["rows"]),
         "objectives": ", ".join(f"{n} ({d})" for n, d in view.objectives),
         "sampler": _param(parent, "sampler.name"),
-        "pruner": _param(parent, "pruner.name"),
+        # Optuna cannot prune a multi-objective study: it ran without the configured one.
+        "pruner": "none (multi-objective)"
+        if view.multi_objective
+        else _param(parent, "pruner.name"),
         "experiment": experiment,
         "parent_run_id": None if parent is None else parent["run_id"],
         "storage": redact(storage),

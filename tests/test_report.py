@@ -144,6 +144,7 @@ def test_multi_objective_report_has_pareto_front(reports) -> None:
     pareto = page[page.index('<section id="pareto">') :]
     assert 'class="plotly-graph-div"' in pareto.split("</section>", 1)[0]
     assert "val/acc (maximize), model/params (minimize)" in html.unescape(page)
+    assert "pruner none (multi-objective)" in page  # not the configured one: it never ran
     assert "no champion yet" in page
     assert "could not draw" not in page
 
