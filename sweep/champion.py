@@ -48,18 +48,34 @@ def check_settings(champion_cfg: Any) -> None:
 def candidates(study, spec, k: int) -> list:
     """The top-k COMPLETE trials by the objective; with several objectives, the top-k of
     the Pareto front by validation score (the monitored metric, as the champion is picked
-    by it), whichever objective comes first (``model/params`` say)."""
+    by it), whichever objective comes first (``model/params`` say).
+
+    k distinct configs: a point sampled twice (random and grid samplers repeat points, TPE
+    can) is one candidate, its best-ranked trial; re-training it twice with the same seeds
+    would give the same scores twice."""
     from optuna.trial import TrialState
 
     if spec.multi_objective:
         reverse = spec.mode == "max"
         scored = [t for t in study.best_trials if t.user_attrs.get(spec.monitor) is not None]
         ranked = sorted(scored, key=lambda t: t.user_attrs[spec.monitor], reverse=reverse)
-        return ranked[:k]
-    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    reverse = spec.directions[0] == "maximize"
-    ranked = sorted((t for t in trials if t.values), key=lambda t: t.values[0], reverse=reverse)
-    return ranked[:k]
+    else:
+        trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        reverse = spec.directions[0] == "maximize"
+        ranked = sorted((t for t in trials if t.values), key=lambda t: t.values[0], reverse=reverse)
+    return _distinct_points(ranked)[:k]
+
+
+def _distinct_points(trials: list) -> list:
+    """The first trial of each distinct point (params), in the given order."""
+    seen: set = set()
+    distinct = []
+    for trial in trials:
+        point = tuple(sorted(trial.params.items()))
+        if point not in seen:
+            seen.add(point)
+            distinct.append(trial)
+    return distinct
 
 
 def select_champion(study, spec, parent_run_id: str) -> dict[str, Any] | None:

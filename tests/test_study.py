@@ -741,6 +741,36 @@ def test_champion_skips_a_candidate_whose_rerun_fails_and_follows_new_settings(t
     assert len(failed) == 1 and "gone.csv" in failed[0].data.tags["error"]
 
 
+def test_a_point_sampled_twice_is_one_champion_candidate(tracked, tmp_path):
+    searchpath = _custom_search(
+        tmp_path, "two", "optimizer.lr: {type: categorical, choices: [0.003, 0.01]}\n"
+    )
+    summary = _tune(
+        [
+            *BASE,
+            searchpath,
+            "search=two",
+            "sampler=random",
+            "pruner=none",
+            "study.name=twice",
+            "study.n_trials=5",
+            "champion.k=3",
+            "champion.seeds=1",
+            "tracking.log_model=false",
+        ]
+    )
+    study = _study("twice", [searchpath])
+    assert {t.params["optimizer.lr"] for t in study.trials} == {0.003, 0.01}  # 5 of 2 points
+    reruns = _runs("twice", role="champion_rerun")
+    sources = sorted(int(r.data.tags["champion.source_trial"]) for r in reruns)
+    lrs = sorted(study.trials[n].params["optimizer.lr"] for n in sources)
+    assert lrs == [0.003, 0.01]  # each point re-trained once, however often it was sampled
+    for n in sources:  # a point's candidate is its best-scored trial
+        same = [t.value for t in study.trials if t.params == study.trials[n].params]
+        assert study.trials[n].value == max(same)
+    assert summary["champion"]["trial"] in sources
+
+
 @pytest.mark.parametrize(
     ("space", "message"),
     [
