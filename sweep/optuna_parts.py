@@ -309,12 +309,34 @@ def build_storage(url: str, heartbeat_interval: int | None = None, grace_period:
     try:
         return RDBStorage(url, **kwargs)
     except Exception as exc:
-        from sweep.tracking import redact
+        raise _unreachable(url, exc) from None
 
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(
-            f"storage.url={redact(url)}: cannot open Optuna storage: {first}"
-        ) from None
+
+def check_server_storage(url: str) -> None:
+    """Connect to a database server's storage (PostgreSQL, MySQL) and disconnect, creating
+    nothing: a wrong host, database or password is a one-line error before this command
+    creates anything elsewhere (the MLflow store, a parent run). Files are not checked
+    here: :func:`build_storage` names what is wrong with one."""
+    if url.startswith(("journal:", "sqlite:")):
+        return
+    import sqlalchemy
+
+    try:
+        engine = sqlalchemy.create_engine(url)
+        try:
+            with engine.connect():
+                pass
+        finally:
+            engine.dispose()
+    except Exception as exc:
+        raise _unreachable(url, exc) from None
+
+
+def _unreachable(url: str, exc: Exception) -> ConfigError:
+    from sweep.tracking import redact
+
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return ConfigError(f"storage.url={redact(url)}: cannot open Optuna storage: {first}")
 
 
 def env_threads(n_workers: int, threads: int | str = "auto") -> int:

@@ -85,7 +85,13 @@ def prepare(overrides: list[str], check_space: bool = True) -> StudySpec:
     ``check_space=False`` skips composing every option of the search space (~0.7 s), for
     the workers ``sweep tune`` starts after it has checked the same overrides itself."""
     from sweep.champion import check_settings
-    from sweep.optuna_parts import build_pruner, build_sampler, env_threads, storage_url
+    from sweep.optuna_parts import (
+        build_pruner,
+        build_sampler,
+        check_server_storage,
+        env_threads,
+        storage_url,
+    )
     from sweep.train import load_data, monitor_of
 
     cfg = config_mod.compose("sweep", overrides)
@@ -114,6 +120,7 @@ def prepare(overrides: list[str], check_space: bool = True) -> StudySpec:
     build_sampler(cfg.sampler, params, int(study.seed), n_workers, len(metrics))
     build_pruner(cfg.pruner, int(cfg.trainer.max_epochs), len(metrics))
     check_settings(cfg.get("champion"))
+    check_server_storage(storage_url(cfg.storage))  # before the MLflow store is created
     n_trials = int(study.n_trials)
     if cfg.sampler.name == "grid":
         # GridSampler stops the study once every point is visited; a larger target

@@ -880,6 +880,19 @@ def test_bad_settings_on_the_cli_exit_2_with_one_line_and_no_run(cli, tmp_path):
     assert not (tmp_path / ".sweep").exists()
 
 
+@pytest.mark.parametrize("command", ["tune", "worker"])
+def test_a_storage_server_it_cannot_reach_leaves_no_mlflow_store(tmp_path, command):
+    from conftest import run_cli
+
+    url = "postgresql://postgres:secret@127.0.0.1:1/test"  # nothing listens on port 1
+    proc = run_cli(command, *QUICK, "storage=postgres", f"storage.url={url}", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "storage.url=postgresql://postgres:***@127.0.0.1:1/test: cannot open" in lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no mlflow.db, no .sweep
+
+
 def test_tune_cli_prints_the_top_trials_and_the_champion(cli):
     proc = cli(
         "tune", *BASE, "study.name=cli", "study.n_trials=3", "champion.k=1", "champion.seeds=2"
