@@ -469,6 +469,32 @@ def worker_seed(seed: int) -> int:
     return (seed + zlib.crc32(f"{platform.node()}:{os.getpid()}".encode())) % 2**31
 
 
+def check_not_run_elsewhere(study, spec: StudySpec) -> None:
+    """Refuse to run a study that a live ``sweep tune`` on this host is running: both
+    would pick a champion at the end, and the second would reset the first's trial
+    target. More processes join a study with ``sweep worker``. A coordinator on another
+    host cannot be checked (nor one whose parent run has ended)."""
+    from mlflow.tracking import MlflowClient
+
+    from sweep.workers import worker_gone
+
+    run_id = study.user_attrs.get(PARENT_RUN_ATTR)
+    if not run_id:
+        return
+    try:
+        run = MlflowClient().get_run(run_id)
+    except Exception:
+        return  # gone from the store: ensure_parent_run makes a new one
+    coordinator = run.data.tags.get(COORDINATOR_TAG)
+    if run.info.status != "RUNNING" or coordinator == _this_process():
+        return
+    if worker_gone(coordinator) is False:
+        raise ConfigError(
+            f"study.name={spec.name}: already running in `sweep tune` {coordinator} (parent "
+            f"run {run_id}); add processes with `sweep worker`, or wait until it ends"
+        )
+
+
 def ensure_parent_run(study, spec: StudySpec) -> str:
     """The study's parent MLflow run: reused on resume, created once otherwise."""
     from mlflow.tracking import MlflowClient
@@ -850,6 +876,7 @@ def tune(overrides: list[str], progress: bool = True) -> dict[str, Any]:
     try:
         tracking.setup(spec.cfg.tracking.uri, check_store=True)
         study = open_study(spec)
+        check_not_run_elsewhere(study, spec)  # before this command changes anything
         study.set_user_attr(TARGET_ATTR, spec.n_trials)  # what joining workers aim for
         parent_run_id = ensure_parent_run(study, spec)
     except BaseException:

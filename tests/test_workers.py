@@ -335,6 +335,23 @@ def test_a_joining_worker_aims_for_the_studys_own_target(tracked, tmp_path):
     assert len(_load("target").trials) == 4
 
 
+def test_a_second_tune_of_a_study_a_live_tune_runs_is_refused_untouched(tracked, tmp_path):
+    """Both would pick a champion at the end; the second would reset the target."""
+    from sweep.errors import ConfigError
+    from sweep.study import TARGET_ATTR
+
+    args = [*SLOW, "study.name=twice", "study.n_trials=2"]
+    proc = _start(["tune", *args], tmp_path, tracked)
+    _wait_for_running_trial("twice", [], proc)
+    with pytest.raises(ConfigError, match=rf"already running in `sweep tune` \S+:{proc.pid}"):
+        _rerun_here(["tune", *args[:-1], "study.n_trials=5"])
+    assert _load("twice").user_attrs[TARGET_ATTR] == 2
+    _out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 0, err
+    _assert_complete("twice", 2)
+    assert _check("twice") == []
+
+
 def _pause_mid_trial(name: str, proc: subprocess.Popen):
     """SIGSTOP ``proc`` (alive, frozen) while one of its trials is RUNNING with its MLflow
     run: that trial. Stopped between two trials, it goes on (SIGCONT) and is tried again."""
