@@ -210,8 +210,8 @@ def storage_url(cfg: Any, root: Path | None = None) -> str:
     if not path.is_absolute():
         path = (root or Path.cwd()) / path
     if cfg.name == "sqlite":
-        return f"sqlite:///{path}"
-    return f"journal:///{path}"
+        return f"sqlite:///{path}"  # sqlite:////abs: SQLAlchemy's absolute path
+    return f"journal:///{str(path).lstrip('/')}"  # journal:///abs, as file:///abs
 
 
 def storage_file(url: str) -> Path | None:

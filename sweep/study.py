@@ -545,7 +545,9 @@ def _record_resumed_settings(run, spec: StudySpec) -> None:
     tags with the value now in force, and ``study.invocations`` counts the invocations."""
     from sweep.tracking import Recorder, as_params
 
-    logged = run.data.params
+    logged = dict(run.data.params)
+    if "storage" in logged:  # as this version writes it (older ones: journal:////abs)
+        logged["storage"] = _same_storage_as(logged["storage"], spec.storage_url)
     changed = {k: v for k, v in as_params(_study_settings(spec)).items() if logged.get(k) != v}
     invocations = int(run.data.tags.get("study.invocations", "1")) + 1
     with Recorder(run.info.run_id) as recorder:
@@ -558,6 +560,13 @@ def _record_resumed_settings(run, spec: StudySpec) -> None:
                 **{f"resumed.{k}": v for k, v in changed.items()},
             }
         )
+
+
+def _same_storage_as(logged: str, url: str) -> str:
+    """``url`` redacted when ``logged`` names the same storage, else ``logged``."""
+    from sweep.tracking import redact
+
+    return redact(url) if storage_label(logged) == storage_label(url) else logged
 
 
 def _this_process() -> str:

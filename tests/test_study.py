@@ -143,6 +143,19 @@ def test_resume_adds_trials_and_reuses_the_parent_run(tracked):
     assert parent.tags["resumed.study.n_trials"] == "4"
     assert parent.tags["resumed.pruner.name"] == "median"
     assert "resumed.study.seed" not in parent.tags
+    journal = Path.cwd() / ".sweep" / "optuna.journal"
+    assert parent.params["storage"] == f"journal://{journal}"  # journal:///abs/path
+    assert "resumed.storage" not in parent.tags
+
+
+def test_a_storage_logged_in_another_spelling_is_not_a_resumed_change():
+    from sweep.study import _same_storage_as
+
+    now = "journal:///tmp/s/optuna.journal"
+    assert _same_storage_as("journal:////tmp/s/optuna.journal", now) == now  # older runs
+    assert _same_storage_as("journal:///tmp/t/optuna.journal", now) != now
+    pg = "postgresql://u:pw@db/optuna"
+    assert _same_storage_as("postgresql://u:***@db/optuna", pg) == "postgresql://u:***@db/optuna"
 
 
 def test_resuming_or_joining_with_other_data_or_objectives_is_refused(tracked, cli):
