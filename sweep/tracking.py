@@ -59,8 +59,36 @@ def setup(uri: str | None, check_store: bool = False) -> str:
         write_ahead_log(database)
     mlflow.set_tracking_uri(resolved)
     if check_store:
-        _check_store(resolved, "tracking.uri" if uri else "MLFLOW_TRACKING_URI")
+        with _creation_lock(database):
+            _check_store(resolved, "tracking.uri" if uri else "MLFLOW_TRACKING_URI")
     return resolved
+
+
+@contextlib.contextmanager
+def _creation_lock(database: Path | None) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on the sqlite store's folder while this process opens
+    it first. MLflow creates a new store's schema through a few dozen migrations (~2 s),
+    and a second process opening it meanwhile runs them too and fails ("Online migration
+    expected to match one row", measured: two ``sweep train`` started together in a new
+    folder, one failed every time). With the lock, the second waits, then finds the
+    schema complete. The folder is locked rather than a file of ours beside the
+    database: nothing is left behind. Not for other stores, nor a folder that is missing
+    (MLflow names that error)."""
+    if database is None:
+        yield
+        return
+    import fcntl
+
+    try:
+        folder = os.open(database.parent, os.O_RDONLY)
+    except OSError:
+        yield
+        return
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(folder)  # releases the lock
 
 
 def sqlite_path(tracking_uri: str) -> Path | None:

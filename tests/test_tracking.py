@@ -1,6 +1,6 @@
 """The MLflow sqlite store in WAL mode (sweep.tracking.write_ahead_log): MLflow's own
 connections commit without an fsync, and the database file alone holds every finished
-run."""
+run; and a new store's schema created by one process at a time."""
 
 from __future__ import annotations
 
@@ -89,3 +89,35 @@ def test_a_store_in_use_elsewhere_is_opened_at_once_in_its_own_mode(
     with engine.connect() as conn:  # the file to itself now
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
     engine.dispose()
+
+
+def _open_new_store(uri: str, start, errors) -> None:
+    """In a forked process: open the store with the others at once, as a command does."""
+    from sweep import tracking
+
+    start.wait()
+    try:
+        tracking.setup(uri, check_store=True)
+    except Exception as exc:  # reported to the test
+        errors.put(str(exc))
+
+
+def test_processes_creating_one_new_store_at_once_all_open_it(tmp_path: Path) -> None:
+    """MLflow's schema migrations race in a new sqlite store: without the creation lock
+    one of these processes fails ("Online migration expected to match one row")."""
+    import multiprocessing
+
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    fork = multiprocessing.get_context("fork")  # mlflow imported already: starts at once
+    start, errors = fork.Barrier(3), fork.Queue()
+    procs = [fork.Process(target=_open_new_store, args=(uri, start, errors)) for _ in range(3)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(120)
+    failures = [errors.get() for _ in range(errors.qsize())]
+    assert failures == [] and [p.exitcode for p in procs] == [0, 0, 0]
+    assert [e.name for e in MlflowClient(uri).search_experiments()] == ["Default"]
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("mlflow.db")) == []
