@@ -8,7 +8,7 @@ import sqlite3
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -29,7 +29,7 @@ TINY_MNIST1D = [
 
 
 @pytest.fixture
-def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """Work in ``tmp_path`` with MLflow's store at ``sqlite:///<tmp>/mlflow.db``; the URI.
 
     The database is not created here, so a test can check that nothing created it.
@@ -40,7 +40,20 @@ def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
     monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
-    return uri
+    before = _global_tracking_uri()
+    yield uri
+    # The code under test points MLflow's process-wide URI at this store; a later test in
+    # this process (a module's own store, say) must not find it still pointing here.
+    if _global_tracking_uri() != before:
+        import mlflow
+
+        mlflow.set_tracking_uri(before)  # None: the environment's, as monkeypatch restores it
+
+
+def _global_tracking_uri() -> str | None:
+    """What ``mlflow.set_tracking_uri`` set in this process (None: not set, or no mlflow)."""
+    utils = sys.modules.get("mlflow.tracking._tracking_service.utils")
+    return None if utils is None else utils._tracking_uri
 
 
 @pytest.fixture(scope="session")

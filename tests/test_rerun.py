@@ -60,6 +60,15 @@ def store(tmp_path_factory: pytest.TempPathFactory, _empty_mlflow_db: Path):
         yield {"root": root, "uri": uri, "source": source.run_id}
 
 
+@pytest.fixture(autouse=True)
+def _on_the_module_store(request: pytest.FixtureRequest) -> None:
+    """Each test on the module's store points MLflow at it again: a test run in between
+    (this module's study test, or another module's on this xdist worker) may have pointed
+    the process-wide URI elsewhere."""
+    if "store" in request.fixturenames:
+        mlflow.set_tracking_uri(request.getfixturevalue("store")["uri"])
+
+
 @pytest.fixture(scope="module")
 def reran(store):
     """The source run re-run through the CLI (in this process), as a user would."""
