@@ -915,10 +915,8 @@ def tune(overrides: list[str], progress: bool = True) -> dict[str, Any]:
         retry_interrupted(study)  # its point is tried again when the command is rerun
         raise
     finally:
-        from mlflow.tracking import MlflowClient
-
         release_workers(waiting, go=False)  # those still waiting, if it failed before
-        MlflowClient().set_terminated(parent_run_id, status=status)
+        tracking.set_terminated(parent_run_id, status)
         tracking.checkpoint_stores()  # mlflow.db alone holds the whole study
 
 

@@ -477,6 +477,23 @@ def terminate_run(run_id: str, status: str, reason: str) -> None:
     """Close a run some other process left RUNNING (it was killed)."""
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient()
-    client.set_tag(run_id, "error", reason)
-    client.set_terminated(run_id, status=status)
+    MlflowClient().set_tag(run_id, "error", reason)
+    set_terminated(run_id, status)
+
+
+def set_terminated(run_id: str, status: str, attempts: int = 4) -> None:
+    """End the run with ``status``; tried again while the sqlite store says "database is
+    locked". Seen once, as a SIGTERM stopped a study and its spawned champion re-run
+    together on a loaded machine (each attempt waits 20 s for the lock first): the
+    study's parent run must not stay RUNNING for a lock that is released a moment later."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    for attempt in range(attempts):
+        try:
+            MlflowClient().set_terminated(run_id, status=status)
+            return
+        except MlflowException as exc:
+            if "database is locked" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(0.5 * 2**attempt)

@@ -8,6 +8,8 @@ import shutil
 import sqlite3
 from pathlib import Path
 
+import pytest
+
 
 def test_mlflows_connections_write_ahead_without_an_fsync_per_commit(tracked: str) -> None:
     import mlflow
@@ -121,3 +123,27 @@ def test_processes_creating_one_new_store_at_once_all_open_it(tmp_path: Path) ->
     assert failures == [] and [p.exitcode for p in procs] == [0, 0, 0]
     assert [e.name for e in MlflowClient(uri).search_experiments()] == ["Default"]
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("mlflow.db")) == []
+
+
+def test_a_run_is_ended_again_while_the_store_says_it_is_locked(tracked: str, monkeypatch) -> None:
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from sweep import tracking
+
+    run_id = MlflowClient().create_run("0").info.run_id
+    real, calls = MlflowClient.set_terminated, []
+
+    def locked_once(self, run_id, status=None, end_time=None):
+        calls.append(status)
+        if len(calls) == 1:  # what MLflow raises for sqlite's SQLITE_BUSY
+            raise MlflowException("(sqlite3.OperationalError) database is locked")
+        return real(self, run_id, status=status, end_time=end_time)
+
+    monkeypatch.setattr(MlflowClient, "set_terminated", locked_once)
+    tracking.set_terminated(run_id, "KILLED")
+    assert calls == ["KILLED", "KILLED"]
+    assert MlflowClient().get_run(run_id).info.status == "KILLED"
+    monkeypatch.setattr(MlflowClient, "set_terminated", lambda *a, **k: 1 / 0)
+    with pytest.raises(ZeroDivisionError):  # any other error is raised at once
+        tracking.set_terminated(run_id, "FAILED")

@@ -336,20 +336,33 @@ def test_a_joining_worker_aims_for_the_studys_own_target(tracked, tmp_path):
 
 
 def test_a_second_tune_of_a_study_a_live_tune_runs_is_refused_untouched(tracked, tmp_path):
-    """Both would pick a champion at the end; the second would reset the target."""
-    from sweep.errors import ConfigError
-    from sweep.study import TARGET_ATTR
+    """Both would pick a champion at the end; the second would reset the target. The live
+    `sweep tune` here is a process holding the parent run RUNNING as its coordinator, as
+    one does while its trials run; once it is gone the study resumes."""
+    from mlflow.tracking import MlflowClient
 
-    args = [*SLOW, "study.name=twice", "study.n_trials=2"]
-    proc = _start(["tune", *args], tmp_path, tracked)
-    _wait_for_running_trial("twice", [], proc)
-    with pytest.raises(ConfigError, match=rf"already running in `sweep tune` \S+:{proc.pid}"):
-        _rerun_here(["tune", *args[:-1], "study.n_trials=5"])
-    assert _load("twice").user_attrs[TARGET_ATTR] == 2
-    _out, err = proc.communicate(timeout=180)
-    assert proc.returncode == 0, err
+    from sweep.errors import ConfigError
+    from sweep.study import COORDINATOR_TAG, PARENT_RUN_ATTR, TARGET_ATTR
+
+    args = [*QUICK, "study.name=twice"]
+    _rerun_here(["tune", *args, "study.n_trials=1"])
+    parent_id = _load("twice").user_attrs[PARENT_RUN_ATTR]
+    client = MlflowClient()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        client.update_run(parent_id, status="RUNNING")
+        client.set_tag(parent_id, COORDINATOR_TAG, f"{platform.node()}:{live.pid}")
+        with pytest.raises(ConfigError, match=rf"already running in `sweep tune` \S+:{live.pid}"):
+            _rerun_here(["tune", *args, "study.n_trials=2"])
+        study = _load("twice")
+        assert study.user_attrs[TARGET_ATTR] == 1 and len(study.trials) == 1
+        assert client.get_run(parent_id).info.status == "RUNNING"  # still the other's
+    finally:
+        live.kill()
+        live.wait()
+    _rerun_here(["tune", *args, "study.n_trials=2"])  # its coordinator is gone: resumed
     _assert_complete("twice", 2)
-    assert _check("twice") == []
+    assert client.get_run(parent_id).info.status == "FINISHED"
 
 
 def _pause_mid_trial(name: str, proc: subprocess.Popen):
