@@ -417,8 +417,22 @@ def open_run(
             if status != "FINISHED":
                 with contextlib.suppress(Exception):  # the error tag, and what was buffered
                     recorder.flush()
-            mlflow.end_run(status=status)
+            _end_active_run(recorder.run_id, status)
             checkpoint_stores()
+
+
+def _end_active_run(run_id: str, status: str) -> None:
+    """``mlflow.end_run(status)``; when the store says "database is locked", the run,
+    already taken off MLflow's active-run stack, is ended by :func:`set_terminated`."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mlflow.end_run(status=status)
+    except MlflowException as exc:
+        if "database is locked" not in str(exc):
+            raise
+        set_terminated(run_id, status)
 
 
 def release_interrupted(exc: BaseException) -> None:

@@ -147,3 +147,28 @@ def test_a_run_is_ended_again_while_the_store_says_it_is_locked(tracked: str, mo
     monkeypatch.setattr(MlflowClient, "set_terminated", lambda *a, **k: 1 / 0)
     with pytest.raises(ZeroDivisionError):  # any other error is raised at once
         tracking.set_terminated(run_id, "FAILED")
+
+
+def test_a_run_whose_end_finds_the_store_locked_is_ended_all_the_same(
+    tracked: str, monkeypatch
+) -> None:
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from sweep import tracking
+
+    real, calls = MlflowClient.set_terminated, []
+
+    def locked_once(self, run_id, status=None, end_time=None):
+        calls.append(status)
+        if len(calls) == 1:
+            raise MlflowException("(sqlite3.OperationalError) database is locked")
+        return real(self, run_id, status=status, end_time=end_time)
+
+    tracking.setup(tracked)
+    monkeypatch.setattr(MlflowClient, "set_terminated", locked_once)
+    with tracking.open_run("locked") as run:
+        run.metrics({"val/acc": 0.5})
+    assert calls == ["FINISHED", "FINISHED"] and mlflow.active_run() is None
+    assert MlflowClient().get_run(run.run_id).info.status == "FINISHED"
