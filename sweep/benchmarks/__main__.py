@@ -277,7 +277,7 @@ def main() -> int:
     args = parser.parse_args()
     from sweep.benchmarks import overhead, pruners, search, storage, workers
 
-    reps, n_search, n_workers, n_runs = (3, 8, 8, 2000) if args.quick else (9, 20, 24, 10000)
+    reps, n_search, n_workers, n_runs = (3, 8, 8, 2000) if args.quick else (15, 20, 24, 10000)
     phases = {
         "help_s": cli_help_seconds,
         "overhead": lambda: overhead.run(reps),
