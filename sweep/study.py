@@ -551,6 +551,8 @@ def _record_resumed_settings(run, spec: StudySpec) -> None:
     changed = {k: v for k, v in as_params(_study_settings(spec)).items() if logged.get(k) != v}
     invocations = int(run.data.tags.get("study.invocations", "1")) + 1
     with Recorder(run.info.run_id) as recorder:
+        if "search_space" in changed:  # the space in force from now on, beside the first
+            recorder.text(OmegaConf.to_yaml(spec.cfg.search), f"search_space.{invocations}.yaml")
         recorder.tags(
             {
                 "study.invocations": invocations,
@@ -588,10 +590,19 @@ def _study_settings(spec: StudySpec) -> dict[str, Any]:
         "study.threads": spec.threads,
         "study.metrics": ",".join(f"{m}:{d}" for m, d in spec.metrics),
         "storage": redact(spec.storage_url),
+        "search_space": _digest(OmegaConf.to_yaml(spec.cfg.search)),
         **{f"sampler.{k}": v for k, v in config_mod.flatten(spec.cfg.sampler).items()},
         **{f"pruner.{k}": v for k, v in config_mod.flatten(spec.cfg.pruner).items()},
         **{f"base.{k}": v for k, v in config_mod.flatten(config_mod.run_part(spec.cfg)).items()},
     }
+
+
+def _digest(text: str) -> str:
+    """12 hex digits that change with ``text``: a param that says whether two invocations
+    searched the same space (the space itself is the run's ``search_space.yaml``)."""
+    import hashlib
+
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 # -- one trial --------------------------------------------------------------------------------

@@ -125,7 +125,7 @@ def test_study_end_to_end_trials_runs_parent_and_champion(tracked, tmp_path):
     assert check(["study.name=e2e"]) == []
 
 
-def test_resume_adds_trials_and_reuses_the_parent_run(tracked):
+def test_resume_adds_trials_and_reuses_the_parent_run(tracked, tmp_path):
     _tune([*QUICK, "study.name=resume", "study.n_trials=2"])
     _tune([*QUICK, "study.name=resume", "study.n_trials=4"])
     study = _study("resume")
@@ -133,7 +133,11 @@ def test_resume_adds_trials_and_reuses_the_parent_run(tracked):
     assert len(_runs("resume", role="study")) == 1
     assert len(_runs("resume")) == 4
     # Nothing left to do: a third call adds no trial.
-    _tune([*QUICK, "study.name=resume", "study.n_trials=4", "pruner=median"])
+    narrower = _custom_search(
+        tmp_path, "narrower", "optimizer.lr: {type: float, low: 1.0e-3, high: 1.0e-2, log: true}\n"
+    )
+    resumed = ["study.name=resume", "study.n_trials=4", "pruner=median", narrower]
+    _tune([*QUICK, *resumed, "search=narrower"])
     assert len(_study("resume").trials) == 4
     # The parent keeps the first invocation's params; what later ones changed is tagged.
     parent = _runs("resume", role="study")[0].data
@@ -143,6 +147,14 @@ def test_resume_adds_trials_and_reuses_the_parent_run(tracked):
     assert parent.tags["resumed.study.n_trials"] == "4"
     assert parent.tags["resumed.pruner.name"] == "median"
     assert "resumed.study.seed" not in parent.tags
+    # Another space: its digest is tagged, and the space in force is saved beside the first.
+    assert parent.tags["resumed.search_space"] != parent.params["search_space"]
+    from mlflow.tracking import MlflowClient
+
+    parent_id = _runs("resume", role="study")[0].info.run_id
+    artifacts = {a.path for a in MlflowClient().list_artifacts(parent_id)}
+    assert {"search_space.yaml", "search_space.3.yaml"} <= artifacts
+    assert "search_space.2.yaml" not in artifacts  # the second call kept the space
     journal = Path.cwd() / ".sweep" / "optuna.journal"
     assert parent.params["storage"] == f"journal://{journal}"  # journal:///abs/path
     assert "resumed.storage" not in parent.tags
