@@ -463,9 +463,12 @@ def test_sigterm_during_the_parallel_champion_closes_every_run_and_resumes(track
     """The re-runs of a two-worker study's champion, in `sweep tune` and a spawned
     process: SIGTERM to `sweep tune` alone stops both, quietly, and the command resumes."""
     name = "champ_sigterm"
-    # Re-runs of ~5 s: `sweep tune` is still in one when the spawned process starts its own.
+    # Re-runs of ~7 s on a quiet 2-core VM, more than twice the spawned process's start
+    # (~3 s, its imports): `sweep tune` is still well inside its first re-run when the
+    # spawned process starts its own, so both are stopped mid-run. With 40 epochs (~3 s
+    # re-runs) the first one sometimes ended before the signal reached it.
     slow = [o for o in SLOW if not o.startswith(("champion.", "tracking.", "trainer.max"))]
-    args = ["tune", *slow, "trainer.max_epochs=40", f"study.name={name}", "study.n_trials=2"]
+    args = ["tune", *slow, "trainer.max_epochs=120", f"study.name={name}", "study.n_trials=2"]
     args += ["study.n_workers=2"]
     args += ["champion.k=2", "champion.seeds=2"]
     proc = _start(args, tmp_path, tracked)
