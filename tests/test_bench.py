@@ -86,6 +86,22 @@ def test_render_shows_what_ours_finds_in_the_templates_time() -> None:
     assert "best val, per seed" not in table  # saved before the time to match was measured
 
 
+def test_render_shows_the_template_given_our_early_stopping_when_measured() -> None:
+    reference = _search_arm([200, 230, 210], [0.979, 0.97, 0.975])
+    ours = {**RESULTS["search"]["ours"], "seeds_at_least_baseline_our_patience": 1}
+    search = {
+        **RESULTS["search"],
+        "ours": ours,
+        "baseline_our_patience": reference,
+        "speedup_vs_our_patience": 210 / 95,
+    }
+    table = render({**RESULTS, "search": search})
+    assert "210 s / 95 s = **2.2x**; 0.9790 / 0.9760; 0.9700 / 0.9810; 0.9750 / 0.9700" in table
+    assert "ours >= template on 1 of 3 seeds |" in table
+    assert all(line.count("|") == 4 for line in table.splitlines())
+    assert "patience 8" not in render(RESULTS)  # results saved before this arm
+
+
 def test_render_shows_how_soon_ours_equals_the_templates_best_val() -> None:
     template = _search_arm([280, 300, 290], [0.98, 0.97, 0.975])
     template["per_seed"] = [

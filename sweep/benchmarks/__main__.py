@@ -84,6 +84,27 @@ def _match_rows(s: dict, template: list[dict], st: dict) -> list[tuple[str, str,
     ]
 
 
+def _our_patience_rows(s: dict) -> list[tuple[str, str, str]]:
+    """The template-style study given our early stopping, against ours on one worker."""
+    ref = s.get("baseline_our_patience")
+    if not ref:  # results saved before this arm existed
+        return []
+    seeds = zip(ref["per_seed"], s["ours"]["per_seed"], strict=True)
+    return [
+        (
+            "The same, with the template-style study given our early stopping (patience 8, "
+            "not the template's 100): wall time, template-style / ours (1 worker); best val "
+            "per seed",
+            f"{ref['wall_s']:.0f} s / {s['ours']['wall_s']:.0f} s = "
+            f"**{s['speedup_vs_our_patience']:.1f}x**; "
+            + "; ".join(f"{b['best_val']:.4f} / {o['best_val']:.4f}" for b, o in seeds)
+            + f"; ours >= template on {s['ours']['seeds_at_least_baseline_our_patience']} of "
+            f"{len(s.get('seeds', [0]))} seeds",
+            "",
+        )
+    ]
+
+
 def _breakdown_rows(overhead: dict) -> list[tuple[str, str, str]]:
     """Where the overhead benchmark's trial spends its time, when it was measured."""
     b = overhead.get("breakdown")
@@ -165,6 +186,7 @@ def render(results: dict) -> str:
             f"/ {sp['wall_s']:.0f} s = **{s['speedup_2_workers']:.1f}x**",
             ">= 3x",
         ),
+        *_our_patience_rows(s),
         (
             f"Time to first val acc >= {s['target']}: template-style / ours (1; 2 workers)",
             f"{t(sb['to_target_s'])} / {t(so['to_target_s'])}; {t(sp['to_target_s'])}",

@@ -1,7 +1,9 @@
 """Search efficiency: our default study (one worker, and two on a 2-core machine) vs the
 same search run the way lightning-hydra-template runs it (Hydra's Optuna sweeper: no
-pruning, one trial at a time; Lightning's default Trainer with a DataLoader, checkpoint
-files and its MLflow logger; test with the best checkpoint).
+pruning, one trial at a time; Lightning's default Trainer with a DataLoader, the
+template's default callbacks (a checkpoint file of the best and of the last epoch, early
+stopping with patience 100) and its MLflow logger; test with the best checkpoint). For
+reference, the template-style study again with our early stopping (patience 8).
 
 Same space (conf/search/default.yaml), same TPE seeds, same trial budget, same data;
 medians over several sampler seeds. Both train a config on the same mini-batches (the
@@ -21,6 +23,10 @@ from typing import Any
 from sweep.benchmarks.common import workdir
 
 TARGET_VAL_ACC = 0.97  # most CNN configs reach it; MLPs never do
+# lightning-hydra-template's configs/callbacks/default.yaml: early stopping on val/acc
+# with patience 100 (so a 30-epoch trial never stops early), and a checkpoint of the
+# best epoch plus the last one (save_last).
+TEMPLATE_PATIENCE = 100
 
 
 def _time_to_target(study, started: float, target: float) -> float | None:
@@ -116,20 +122,24 @@ class _LoggedTask:
         return LoggedTask(**kwargs)
 
 
-def baseline(n_trials: int, seed: int, threads: int | None = None) -> dict[str, Any]:
-    """The template-style study, on this process's torch threads or ``threads``."""
+def baseline(
+    n_trials: int, seed: int, threads: int | None = None, patience: int | None = TEMPLATE_PATIENCE
+) -> dict[str, Any]:
+    """The template-style study, on this process's torch threads or ``threads``, with the
+    template's early-stopping patience, or with ours (``trainer.early_stopping.patience``)
+    when ``patience`` is None."""
     import torch
 
     before = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
     try:
-        return _baseline(n_trials, seed)
+        return _baseline(n_trials, seed, patience)
     finally:
         torch.set_num_threads(before)
 
 
-def _baseline(n_trials: int, seed: int) -> dict[str, Any]:
+def _baseline(n_trials: int, seed: int, patience: int | None) -> dict[str, Any]:
     import lightning as L
     import optuna
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
@@ -165,9 +175,9 @@ def _baseline(n_trials: int, seed: int) -> dict[str, Any]:
             )
             dm = ArrayDataModule(dataset, int(cfg.data.batch_size), int(cfg.seed), "dataloader")
             checkpoint = ModelCheckpoint(
-                dirpath=tmp / "ckpt" / str(trial.number), monitor=monitor, mode=mode
+                dirpath=tmp / "ckpt" / str(trial.number), monitor=monitor, mode=mode, save_last=True
             )
-            es = cfg.trainer.early_stopping
+            es_patience = patience or int(cfg.trainer.early_stopping.patience)
             trainer = L.Trainer(
                 max_epochs=int(cfg.trainer.max_epochs),
                 accelerator="auto",
@@ -177,7 +187,7 @@ def _baseline(n_trials: int, seed: int) -> dict[str, Any]:
                 ),
                 callbacks=[
                     checkpoint,
-                    EarlyStopping(monitor=monitor, mode=mode, patience=int(es.patience)),
+                    EarlyStopping(monitor=monitor, mode=mode, patience=es_patience),
                 ],
                 enable_progress_bar=False,
                 deterministic=True,
@@ -231,12 +241,16 @@ def run(n_trials: int = 20, seeds: tuple[int, ...] = (0, 1, 2, 3, 4)) -> dict[st
     torch.set_num_threads(env_threads(1))
     arms: dict[str, list[dict[str, Any]]] = {
         "baseline": [],
+        "baseline_our_patience": [],
         "ours": [],
         "ours_2_workers": [],
         "ours_same_time": [],
     }
     for seed in seeds:
         arms["baseline"].append(template := baseline(n_trials, seed))
+        # For reference: the template-style study given our early stopping (patience 8),
+        # the one thing of ours a template user could set in its callbacks' config.
+        arms["baseline_our_patience"].append(baseline(n_trials, seed, patience=None))
         arms["ours"].append(ours(n_trials, seed))
         arms["ours_2_workers"].append(ours(n_trials, seed, n_workers=2))  # 2 cores here
         # What the speed buys: one worker, as many trials as start in the template's time,
@@ -250,12 +264,17 @@ def run(n_trials: int = 20, seeds: tuple[int, ...] = (0, 1, 2, 3, 4)) -> dict[st
         out[arm]["per_seed"] = results
     out["speedup"] = out["baseline"]["wall_s"] / out["ours"]["wall_s"]
     out["speedup_2_workers"] = out["baseline"]["wall_s"] / out["ours_2_workers"]["wall_s"]
+    out["speedup_vs_our_patience"] = out["baseline_our_patience"]["wall_s"] / out["ours"]["wall_s"]
     out["ours_same_time"]["match_speedup"] = match_speedup(arms["baseline"], arms["ours_same_time"])
     # Paired by seed: where ours found an equal or better best val than the baseline.
     for arm in ("ours", "ours_2_workers", "ours_same_time"):
         out[arm]["seeds_at_least_baseline"] = sum(
             o["best_val"] >= b["best_val"] for o, b in zip(arms[arm], arms["baseline"], strict=True)
         )
+    out["ours"]["seeds_at_least_baseline_our_patience"] = sum(
+        o["best_val"] >= b["best_val"]
+        for o, b in zip(arms["ours"], arms["baseline_our_patience"], strict=True)
+    )
     return out
 
 
