@@ -28,6 +28,15 @@ TINY_MNIST1D = [
 ]
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests on the shared tiny store (test_compare's ``tiny_store``: real tiny studies,
+    built once, which the modules reach as their ``store`` fixture) are end-to-end too,
+    so ``-m 'not e2e'`` leaves only the unit layer."""
+    for item in items:
+        if "store" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.e2e)
+
+
 @pytest.fixture
 def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """Work in ``tmp_path`` with MLflow's store at ``sqlite:///<tmp>/mlflow.db``; the URI.

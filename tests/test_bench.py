@@ -298,18 +298,29 @@ def test_gpu_check_summarises_each_seeds_search() -> None:
     assert summary["n_trials"] == 20
 
 
-def test_gpu_check_names_the_machine_and_command_before_it_measures(tmp_path) -> None:
+def test_gpu_check_names_the_machine_and_command_before_it_measures(tmp_path, monkeypatch):
     import json
 
+    from sweep.benchmarks import overhead
     from sweep.benchmarks.common import cpu_name
     from sweep.benchmarks.gpu import main
 
     out = tmp_path / "gpu.json"
-    assert main(["--repetitions", "0", "--seeds", "--out", str(out)]) == 0
+    on_disk_when_measuring: list[dict] = []
+
+    def measure(repetitions: int) -> dict:  # what the file held as the measuring began
+        on_disk_when_measuring.append(json.loads(out.read_text()))
+        return {"ratio": 1.1, "repetitions": repetitions}
+
+    monkeypatch.setattr(overhead, "run", measure)
+    assert main(["--repetitions", "2", "--seeds", "--out", str(out)]) == 0
+    [before] = on_disk_when_measuring
+    assert cpu_name() in before["machine"] and "torch" in before["machine"]
+    command = f"python -m sweep.benchmarks.gpu --repetitions 2 --seeds --out {out}"
+    assert before["command"] == command
+    assert "overhead" not in before
     saved = json.loads(out.read_text())
-    assert cpu_name() in saved["machine"] and "torch" in saved["machine"]
-    assert saved["command"].startswith("python -m sweep.benchmarks.gpu --repetitions 0")
-    assert "overhead" not in saved and "search" not in saved
+    assert saved["overhead"] == {"ratio": 1.1, "repetitions": 2} and "search" not in saved
 
 
 class _Steps:
@@ -341,7 +352,7 @@ def test_breakdown_times_steps_inside_the_objective_only_and_unwraps_them() -> N
     assert _Steps.__dict__["step"] is original
 
 
-def test_breakdown_parts_add_up_to_the_trial() -> None:
+def test_breakdown_groups_the_steps_and_leaves_the_rest_of_the_trial_as_other() -> None:
     from sweep.benchmarks.breakdown import groups
 
     steps = {
@@ -357,7 +368,9 @@ def test_breakdown_parts_add_up_to_the_trial() -> None:
     parts = groups(steps, trial_ms=1200.0)
     assert parts["rest_of_fit"] == 1000 - 800 - 20 - 10 - 5
     assert parts["optuna"] == 33 and parts["mlflow"] == 80
-    assert sum(parts.values()) == 1200.0
+    assert parts["callbacks"] == 5 and parts["training_steps"] == 800
+    # The trial outside fit and the steps timed outside it (user attrs, the model, writes).
+    assert parts["other"] == 1200 - 1000 - 3 - 50 - 30
 
 
 def test_render_shows_where_the_trials_time_goes_when_measured() -> None:

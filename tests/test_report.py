@@ -130,6 +130,7 @@ def test_report_learning_curves_mark_pruned_trials(store: TinyStore, reports) ->
     page = html.unescape(_text(reports[STUDY_A].read_text()))
     study = store.optuna_study(STUDY_A)
     pruned = [t for t in study.trials if t.state.name == "PRUNED"]
+    assert pruned  # the tiny studies prune (else the loop below checks nothing)
     curves = page[page.index('<section id="curves">') : page.index('<section id="champion">')]
     for trial in pruned:
         assert f"trial {trial.number} (pruned @ {trial.user_attrs['pruned_epoch']})" in curves

@@ -5,6 +5,7 @@ the repeated-failure stop tells a broken setup from a partly bad space."""
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -266,25 +267,47 @@ def test_a_new_study_enqueues_at_most_a_quarter_of_its_trials(tmp_path: Path) ->
     assert enqueued(4) == ["mlp"]  # a tiny study keeps its budget for the sampler
 
 
+def _epochs(hook, values: list[float]) -> SimpleNamespace:
+    """Run the hook's epoch ends on a trainer and module that carry only what it reads."""
+    trainer = SimpleNamespace(current_epoch=0, should_stop=False)
+    for epoch, value in enumerate(values):
+        trainer.current_epoch = epoch
+        hook.on_train_epoch_end(trainer, SimpleNamespace(epoch_metrics={"val/x": value}))
+        if trainer.should_stop:
+            break
+    return trainer
+
+
 def test_pruning_hook_reports_the_best_value_so_far() -> None:
-    from types import SimpleNamespace
+    import optuna
 
     from sweep.pruning import OptunaPruning
 
-    reported: list[tuple[float, int]] = []
-    trial = SimpleNamespace(
-        report=lambda value, step: reported.append((value, step)), should_prune=lambda: False
-    )
     for mode, values, expected in (
         ("max", [0.4, 0.7, 0.5, 0.8], [0.4, 0.7, 0.7, 0.8]),
         ("min", [1.0, 0.6, 0.9, 0.5], [1.0, 0.6, 0.6, 0.5]),
     ):
-        reported.clear()
-        hook = OptunaPruning(trial, "val/x", mode)
-        for epoch, value in enumerate(values):
-            module = SimpleNamespace(epoch_metrics={"val/x": value})
-            hook.on_train_epoch_end(SimpleNamespace(current_epoch=epoch), module)
-        assert reported == list(zip(expected, range(4), strict=True))
+        study = optuna.create_study(direction="maximize" if mode == "max" else "minimize")
+        trial = study.ask()
+        trainer = _epochs(OptunaPruning(trial, "val/x", mode), values)
+        assert not trainer.should_stop
+        stored = study.trials[0].intermediate_values
+        assert stored == dict(enumerate(expected))
+
+
+def test_pruning_hook_stops_the_trainer_at_the_epoch_the_pruner_says() -> None:
+    import optuna
+
+    from sweep.pruning import OptunaPruning
+
+    # Prune below 0.6 from epoch 1 on: a noisy epoch after a good one does not prune (the
+    # best so far is reported), a trial that never got there stops at epoch 1.
+    pruner = optuna.pruners.ThresholdPruner(lower=0.6, n_warmup_steps=1)
+    study = optuna.create_study(direction="maximize", pruner=pruner)
+    kept, stopped = OptunaPruning(study.ask(), "val/x"), OptunaPruning(study.ask(), "val/x")
+    assert not _epochs(kept, [0.7, 0.3, 0.5]).should_stop and kept.pruned_epoch is None
+    trainer = _epochs(stopped, [0.5, 0.55, 0.9])
+    assert trainer.should_stop and stopped.pruned_epoch == 1 == trainer.current_epoch
 
 
 @pytest.mark.parametrize(("model", "searched"), [("mlp", {"model.width"}), ("cnn", set())])
