@@ -146,10 +146,13 @@ def _score_candidates(study, spec, parent_run_id: str, top: list, seeds: list[in
 
 
 def _rerun_jobs(trial, spec, parent_run_id: str, seeds: list[int]) -> list:
-    """One job per seed: the trial's config, re-trained with that seed."""
+    """One job per seed: the trial's config, re-trained with that seed. A re-run always
+    logs its model, even where the trials do not (``tracking.log_model=false``): the
+    champion is the best re-run's model, registered."""
     from sweep.run_pool import Job
 
-    overrides = config_mod.merge_overrides(spec.overrides, to_overrides(spec.params, trial.params))
+    with_model = config_mod.merge_overrides(spec.overrides, ["tracking.log_model=true"])
+    overrides = config_mod.merge_overrides(with_model, to_overrides(spec.params, trial.params))
     hydra_part, values = config_mod.split_value_overrides(overrides)
     jobs = []
     for seed in seeds:

@@ -29,7 +29,7 @@ def load_study(overrides: list[str]):
     from sweep.optuna_parts import load_existing_study, storage_url
 
     cfg = compose("sweep", overrides)
-    tracking.setup(cfg.tracking.uri)
+    tracking.setup(cfg.tracking.uri, must_exist=True)
     return load_existing_study(str(cfg.study.name), storage_url(cfg.storage)), cfg
 
 

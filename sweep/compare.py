@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -87,38 +88,14 @@ def _client(tracking_uri: str | None):
 
 
 def _resolved_uri(tracking_uri: str | None) -> str:
-    """The store's URI (see :func:`_client`), checked to answer when it is a server."""
-    from sweep.tracking import resolve_tracking_uri
+    """The store's URI (see :func:`_client`), checked to exist or answer: reading runs
+    must not create an empty sqlite store (nor wait minutes on an absent server)."""
+    from sweep.tracking import check_reachable, resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri)
-    check_server(uri)
+    from_env = not tracking_uri and os.environ.get("MLFLOW_TRACKING_URI")
+    check_reachable(uri, "MLFLOW_TRACKING_URI" if from_env else "tracking.uri", must_exist=True)
     return uri
-
-
-def check_server(uri: str, timeout: float = 5.0) -> None:
-    """ConfigError at once when an http(s) tracking URI does not answer.
-
-    MLflow's client retries a refused connection with backoff for about four minutes
-    before it raises; reading runs should say in seconds that the server is not there.
-    Any HTTP answer (even 401 or 404 from a proxy) counts as reachable.
-    """
-    import urllib.error
-    import urllib.request
-
-    from sweep.tracking import redact
-
-    if not uri.startswith(("http://", "https://")):
-        return
-    try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):
-            return
-    except urllib.error.HTTPError:
-        return
-    except (OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise ConfigError(
-            f"tracking.uri={redact(uri)}: no MLflow server answers ({reason})"
-        ) from None
 
 
 def _as_list(value: str | Iterable[str] | None) -> list[str] | None:

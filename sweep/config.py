@@ -559,12 +559,9 @@ def check_tracking_uri(uri: str | None) -> None:
         uri, source = os.environ.get("MLFLOW_TRACKING_URI"), "MLFLOW_TRACKING_URI"
     if not uri or "://" not in uri:
         return  # MLflow's default, or a local path
-    scheme = uri.split("://", 1)[0].lower()
-    if scheme.split("+", 1)[0] not in TRACKING_SCHEMES:
-        raise ConfigError(
-            f"{source}: unknown scheme '{scheme}://'; use one of: "
-            + ", ".join(f"{s}://" for s in TRACKING_SCHEMES)
-        )
+    from sweep.tracking import check_reachable
+
+    check_reachable(uri, source, answer=False)  # the scheme only: nothing is opened yet
 
 
 def check_accelerator(accelerator: str) -> None:

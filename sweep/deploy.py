@@ -179,20 +179,22 @@ def server_env(tracking_uri: str | None = None) -> dict[str, str]:
 
 
 def check_port_free(host: str, port: int) -> None:
-    """Fail early, in one line, when something already listens on ``host:port``."""
+    """Fail early, in one line, when something already listens on ``host:port`` or this
+    machine cannot listen on ``host`` (a name that does not resolve, an address not its)."""
+    free_port(host, port)
+
+
+def free_port(host: str = DEFAULT_HOST, port: int = 0) -> int:
+    """``port`` if nobody listens on it right now, else DeployError; with port 0 a port
+    nobody listens on (tests, and the default when asked for port=0)."""
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
         try:
             sock.bind((host, port))
-        except OSError as exc:
+        except OSError as exc:  # also socket.gaierror: a host name that does not resolve
+            what = "host=" if isinstance(exc, socket.gaierror) else "port="
             raise DeployError(
-                f"cannot listen on {host}:{port}: {exc.strerror or exc}; choose port=..."
+                f"cannot listen on {host}:{port}: {exc.strerror or exc}; choose {what}..."
             ) from None
-
-
-def free_port(host: str = DEFAULT_HOST) -> int:
-    """A port nobody listens on right now (tests, and a default when asked for port=0)."""
-    with socket.socket() as sock:
-        sock.bind((host, 0))
         return int(sock.getsockname()[1])
 
 

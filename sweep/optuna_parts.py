@@ -4,6 +4,7 @@ pruners made for the trials' best-so-far reports (``sweep.pruners``)."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -313,11 +314,13 @@ def build_storage(url: str, heartbeat_interval: int | None = None, grace_period:
 
 
 def check_server_storage(url: str) -> None:
-    """Connect to a database server's storage (PostgreSQL, MySQL) and disconnect, creating
-    nothing: a wrong host, database or password is a one-line error before this command
-    creates anything elsewhere (the MLflow store, a parent run). Files are not checked
-    here: :func:`build_storage` names what is wrong with one."""
+    """Check the storage creating nothing, before this command creates anything elsewhere
+    (the MLflow store, a parent run): connect to a database server's (PostgreSQL, MySQL)
+    and disconnect, so that a wrong host, database or password is a one-line error now;
+    an existing file must be the kind its URL says (:func:`build_storage` opens it later,
+    and names what else is wrong with one)."""
     if url.startswith(("journal:", "sqlite:")):
+        _check_storage_file(url)
         return
     import sqlalchemy
 
@@ -330,6 +333,27 @@ def check_server_storage(url: str) -> None:
             engine.dispose()
     except Exception as exc:
         raise _unreachable(url, exc) from None
+
+
+def _check_storage_file(url: str) -> None:
+    """A journal URL names a file; an existing file is a journal or an SQLite database."""
+    import sqlite3
+
+    path = storage_file(url)
+    journal = url.startswith("journal:")
+    if journal and path is None:
+        raise ConfigError(f"storage.url={url}: give the journal file, journal:///path/to/file")
+    if path is None or not path.is_file():
+        return  # new (created when opened), in memory, or a folder (build_storage names it)
+    try:
+        if journal:
+            _check_journal_file(path)
+        else:
+            with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+                db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except (OSError, ValueError, sqlite3.Error) as exc:
+        kind = "journal" if journal else "SQLite file"
+        raise ConfigError(f"storage {path}: cannot open it as an Optuna {kind}: {exc}") from None
 
 
 def _unreachable(url: str, exc: Exception) -> ConfigError:

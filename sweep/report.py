@@ -123,7 +123,7 @@ def build_report(
     made = _prepare_out(out, path, key)  # before any work: a bad folder fails at once
     try:
         storage = storage_url(cfg.storage)
-        tracking_uri = setup(cfg.tracking.uri)
+        tracking_uri = setup(cfg.tracking.uri, answer=False)  # the page notes an absent store
         study = load_existing_study(name, storage)
         html = render_report(study, str(cfg.tracking.experiment), tracking_uri, storage)
         _write(path, html, key)
@@ -204,22 +204,26 @@ def report_command(args: list[str]) -> int:
 
 def log_report(study: optuna.Study, path: Path, tracking_uri: str | None = None) -> str | None:
     """Log the report to the study's parent MLflow run; its run id (None: no parent run)."""
+    from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    from sweep.compare import check_server
     from sweep.study import PARENT_RUN_ATTR
+    from sweep.tracking import check_reachable, one_line
 
     run_id = study.user_attrs.get(PARENT_RUN_ATTR)
     if not run_id:
         print("note: the study has no parent MLflow run; report not logged", file=sys.stderr)
         return None
-    if tracking_uri:
-        try:  # fail in seconds, not after MLflow's minutes of retries
-            check_server(tracking_uri)
-        except ConfigError as exc:
-            print(f"note: report not logged to MLflow: {exc}", file=sys.stderr)
-            return None
-    MlflowClient(tracking_uri=tracking_uri).log_artifact(run_id, str(path), "report")
+    try:
+        if tracking_uri:  # fail in seconds, not after MLflow's minutes of retries
+            check_reachable(tracking_uri, must_exist=True)
+        MlflowClient(tracking_uri=tracking_uri).log_artifact(run_id, str(path), "report")
+    except ConfigError as exc:
+        print(f"note: report not logged to MLflow: {exc}", file=sys.stderr)
+        return None
+    except MlflowException as exc:  # e.g. the parent run is in another store, or deleted
+        print(f"note: report not logged to MLflow: {one_line(exc)}", file=sys.stderr)
+        return None
     return run_id
 
 
@@ -306,11 +310,11 @@ def _mlflow_frame(
     import pandas as pd
 
     from sweep import compare
-    from sweep.tracking import one_line
+    from sweep.tracking import check_reachable, one_line
 
     empty = pd.DataFrame(columns=list(compare.BASE_COLUMNS))
     try:
-        compare.check_server(tracking_uri)
+        check_reachable(tracking_uri, must_exist=True)
     except ConfigError as exc:
         notes.append(f"MLflow: {exc}")
         return empty, False
@@ -905,7 +909,8 @@ def optuna_dashboard_command(args: list[str]) -> int:
     embedded journal file (``journal:///...``), sqlite and PostgreSQL all work the same.
     """
     from sweep import config as config_mod
-    from sweep.optuna_parts import build_storage, storage_url
+    from sweep.deploy import check_port_free
+    from sweep.optuna_parts import build_storage, missing_storage_file, storage_url
     from sweep.tracking import redact
 
     host, port, overrides = "127.0.0.1", 8080, []
@@ -916,16 +921,20 @@ def optuna_dashboard_command(args: list[str]) -> int:
             value = inline or next(items, "")
             if key == "--host":
                 host = value
-            elif value.isdigit():
+            elif value.isdigit() and 1 <= int(value) <= 65535:
                 port = int(value)
             else:
-                raise ConfigError(f"--port={value!r}: must be a port number")
+                raise ConfigError(f"--port={value!r}: must be a port number (1-65535)")
         elif arg.startswith("--"):
             raise ConfigError(f"unknown option {arg}; options: --host H, --port P")
         else:
             overrides.append(arg)
     cfg = config_mod.compose("sweep", overrides)
     url = storage_url(cfg.storage)
+    missing = missing_storage_file(url)
+    if missing is not None:  # not created empty: a dashboard of nothing
+        raise ConfigError(f"no Optuna storage at {missing}; run a study first (make sweep)")
+    check_port_free(host, port)  # a host or port it cannot listen on: one line, now
     from optuna_dashboard import run_server
 
     print(f"optuna-dashboard on http://{host}:{port}  (storage {redact(url)}; Ctrl-C stops)")

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from sweep.errors import ConfigError, SweepError
 
@@ -108,9 +109,16 @@ def load_source(run_id: str, tracking_uri: str) -> SourceRun:
             f"run {run_id} has no config.yaml artifact: not a training run "
             f"(a study's parent run?) or its artifacts are gone"
         ) from None
-    config = OmegaConf.create(text)
+    try:
+        config = OmegaConf.create(text)
+    except Exception as exc:  # YAML or OmegaConf syntax
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RerunError(f"run {run_id}: config.yaml cannot be read: {first}") from None
     if not isinstance(config, DictConfig):
         raise RerunError(f"run {run_id}: config.yaml is not a mapping")
+    missing = [key for key in GROUPS if not isinstance(config.get(key), DictConfig)]
+    if missing:
+        raise RerunError(f"run {run_id}: config.yaml has no '{missing[0]}' section")
     experiment = client.get_experiment(run.info.experiment_id)
     return SourceRun(
         run_id=run_id,
@@ -198,7 +206,18 @@ def apply_overrides(cfg: DictConfig, overrides: list[str]) -> DictConfig:
 
 
 def build_config(source: SourceRun, overrides: list[str], tracking_uri: str) -> DictConfig:
-    """The source run's config, made runnable here, with ``overrides`` on top; validated."""
+    """The source run's config, made runnable here, with ``overrides`` on top; validated.
+    A value that cannot be resolved (``${oc.env:UNSET}``, ``${nope}``) is a ConfigError
+    naming its key."""
+    try:
+        return _build_config(source, overrides, tracking_uri)
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None) or "config"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"{key}: {first}") from None
+
+
+def _build_config(source: SourceRun, overrides: list[str], tracking_uri: str) -> DictConfig:
     from sweep import config as config_mod
 
     cfg = apply_overrides(source.config, [])

@@ -62,6 +62,10 @@ def server_command(args: list[str]) -> int:
     options = parse_options(args, DEFAULTS)
     if not options["workers"].isdigit() or int(options["workers"]) < 1:
         raise ConfigError(f"workers={options['workers']}: expected a whole number of at least 1")
+    if not options["port"].isdigit() or not 1 <= int(options["port"]) <= 65535:
+        raise ConfigError(f"port={options['port']}: expected a port number (1-65535)")
+    if not options["host"].strip():
+        raise ConfigError("host=: expected an address to listen on (127.0.0.1: this machine)")
     backend = options["backend"]
     if backend.startswith("postgresql"):
         ensure_database(backend)

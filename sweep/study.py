@@ -16,6 +16,7 @@ import os
 import platform
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -510,7 +511,8 @@ def ensure_parent_run(study, spec: StudySpec) -> str:
             client.update_run(run_id, status="RUNNING")
             reopened = run
         if reopened is not None:
-            _record_resumed_settings(reopened, spec)
+            with _ended_on_error(run_id):
+                _record_resumed_settings(reopened, spec)
             return run_id
     experiment_id = tracking.ensure_experiment(spec.name)
     run = client.create_run(
@@ -524,9 +526,24 @@ def ensure_parent_run(study, spec: StudySpec) -> str:
             STORAGE_TAG: storage_label(spec.storage_url),
         },
     )
-    study.set_user_attr(PARENT_RUN_ATTR, run.info.run_id)
-    _log_study_settings(client, run.info.run_id, spec)
+    with _ended_on_error(run.info.run_id):
+        study.set_user_attr(PARENT_RUN_ATTR, run.info.run_id)
+        _log_study_settings(client, run.info.run_id, spec)
     return run.info.run_id
+
+
+@contextlib.contextmanager
+def _ended_on_error(run_id: str) -> Iterator[None]:
+    """A parent run just created or reopened is not left RUNNING when what follows fails
+    (a store error, Ctrl-C) before the study's own try/finally ends it."""
+    from sweep import tracking
+
+    try:
+        yield
+    except BaseException as exc:
+        interrupted = isinstance(exc, (KeyboardInterrupt, SystemExit))
+        tracking.set_terminated(run_id, "KILLED" if interrupted else "FAILED")
+        raise
 
 
 def _log_study_settings(client, run_id: str, spec: StudySpec) -> None:

@@ -40,10 +40,16 @@ def resolve_tracking_uri(uri: str | None) -> str:
     return mlflow.get_tracking_uri()
 
 
-def setup(uri: str | None, check_store: bool = False) -> str:
+def setup(
+    uri: str | None, check_store: bool = False, must_exist: bool = False, answer: bool = True
+) -> str:
     """Point MLflow at the store; quiet its schema-migration chatter. Returns the URI.
 
-    ``check_store`` opens it (creating an sqlite store), for commands about to write."""
+    The store is checked first (:func:`check_reachable`): a wrong scheme, a server that
+    does not answer (unless ``answer`` is False: the caller copes without the store), or
+    with ``must_exist`` (commands that read runs) a missing sqlite file is a one-line
+    error in seconds. ``check_store`` opens it (creating an sqlite store), for commands
+    about to write."""
     import mlflow
 
     for name in ("alembic", "mlflow.store.db.utils", "mlflow.tracking.fluent"):
@@ -54,14 +60,104 @@ def setup(uri: str | None, check_store: bool = False) -> str:
     # in each process, measured): off unless the user turns it on.
     os.environ.setdefault("MLFLOW_ENABLE_SGC_RUN_RESUMPTION_FOR_DATABRICKS_JOBS", "false")
     resolved = resolve_tracking_uri(uri)
+    key = (
+        "MLFLOW_TRACKING_URI"
+        if not uri and os.environ.get("MLFLOW_TRACKING_URI")
+        else ("tracking.uri")
+    )
+    check_reachable(resolved, key, must_exist=must_exist, answer=answer)
     database = sqlite_path(resolved)
     if database is not None:
         write_ahead_log(database)
     mlflow.set_tracking_uri(resolved)
     if check_store:
         with _creation_lock(database):
-            _check_store(resolved, "tracking.uri" if uri else "MLFLOW_TRACKING_URI")
+            _check_store(resolved, key)
     return resolved
+
+
+#: Database servers MLflow can keep its runs in (SQLAlchemy dialects).
+DATABASE_SERVERS = ("postgresql", "mysql", "mssql")
+
+
+def check_reachable(
+    uri: str,
+    key: str = "tracking.uri",
+    must_exist: bool = False,
+    answer: bool = True,
+    timeout: float = 5.0,
+) -> None:
+    """ConfigError naming ``key`` when the tracking store at ``uri`` cannot be used: an
+    unknown scheme, with ``answer`` an http(s) server or database server that does not
+    answer, and with ``must_exist`` a missing sqlite file (which MLflow would create,
+    empty).
+
+    MLflow's client retries an unreachable server for minutes, printing multi-line
+    warnings, before it raises; this says so in seconds. Opens no MLflow store."""
+    from sweep.config import TRACKING_SCHEMES
+    from sweep.errors import ConfigError
+
+    scheme = uri.split("://", 1)[0].lower().split("+", 1)[0] if "://" in uri else ""
+    if scheme and scheme not in TRACKING_SCHEMES:
+        raise ConfigError(
+            f"{key}: unknown scheme '{scheme}://'; use one of: "
+            + ", ".join(f"{s}://" for s in TRACKING_SCHEMES)
+        )
+    if not answer:
+        return
+    if scheme in ("http", "https"):
+        check_server(uri, timeout, key)
+    elif scheme in DATABASE_SERVERS:
+        _check_database_server(uri, scheme, key, timeout)
+    elif must_exist and (path := sqlite_path(uri)) is not None and not path.exists():
+        raise ConfigError(
+            f"no MLflow store at {path.resolve()} ({key} {redact(uri)}); run from the "
+            "project directory or set MLFLOW_TRACKING_URI"
+        )
+
+
+def check_server(uri: str, timeout: float = 5.0, key: str = "tracking.uri") -> None:
+    """ConfigError at once when an http(s) tracking URI does not answer.
+
+    MLflow's client retries a refused connection with backoff for about four minutes
+    before it raises; reading runs should say in seconds that the server is not there.
+    Any HTTP answer (even 401 or 404 from a proxy) counts as reachable.
+    """
+    import urllib.error
+    import urllib.request
+
+    from sweep.errors import ConfigError
+
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):
+            return
+    except urllib.error.HTTPError:
+        return
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise ConfigError(f"{key}={redact(uri)}: no MLflow server answers ({reason})") from None
+
+
+def _check_database_server(uri: str, scheme: str, key: str, timeout: float) -> None:
+    """Connect once and disconnect (MLflow's engine would retry for about two minutes)."""
+    import sqlalchemy
+
+    from sweep.errors import ConfigError
+
+    connect_args = {"connect_timeout": int(timeout)} if scheme in ("postgresql", "mysql") else {}
+    try:
+        engine = sqlalchemy.create_engine(uri, connect_args=connect_args)
+        try:
+            with engine.connect():
+                pass
+        finally:
+            engine.dispose()
+    except Exception as exc:
+        raise ConfigError(
+            f"{key}={redact(uri)}: cannot open the MLflow tracking store: {one_line(exc)}"
+        ) from None
 
 
 @contextlib.contextmanager

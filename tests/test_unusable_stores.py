@@ -1,0 +1,167 @@
+"""Stores, servers and logged configs a command cannot use: one line naming the setting
+or file, exit status 2, in seconds (not after MLflow's minutes of retries), and nothing
+created or left RUNNING on the way."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sweep import cli
+
+TRAIN = ["data=synthetic", "trainer=fast"]
+TINY = [*TRAIN, "search=tiny", "champion.k=0"]
+
+
+def _fails(args: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """Run the CLI in this process; it must fail with one line on stderr: that line, less
+    the CLI's ``error: `` prefix."""
+    code = cli.main(args)
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("error: "), err
+    return err.removeprefix("error: ")
+
+
+@pytest.mark.parametrize("command", ["check", "compare", "report", "train"])
+def test_an_unknown_tracking_scheme_is_named(command, mlflow_store, capsys) -> None:
+    args = [command, "tracking.uri=bogus://x"] + (TRAIN if command == "train" else [])
+    err = _fails(args, capsys)
+    assert "tracking.uri: unknown scheme 'bogus://'" in err
+
+
+@pytest.mark.parametrize("command", [["rerun", "0123abcd"], ["serve", "model=models:/m@champion"]])
+def test_an_unknown_scheme_in_the_environment_is_named(command, mlflow_store, monkeypatch, capsys):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "bogus://x")
+    assert "MLFLOW_TRACKING_URI: unknown scheme 'bogus://'" in _fails(command, capsys)
+
+
+@pytest.mark.parametrize(
+    ("uri", "message"),
+    [
+        ("http://127.0.0.1:1", "no MLflow server answers"),
+        ("postgresql://postgres@127.0.0.1:1/none", "cannot open the MLflow tracking store"),
+    ],
+)
+@pytest.mark.parametrize("command", ["check", "compare", "train"])
+def test_an_absent_server_is_named_by_our_check_not_after_mlflows_retries(
+    command, uri, message, mlflow_store, capsys
+) -> None:
+    # The message is our check's: MLflow's own path retries for minutes, then says otherwise.
+    args = [command, f"tracking.uri={uri}"] + (TRAIN if command == "train" else [])
+    err = _fails(args, capsys)
+    assert err.startswith("tracking.uri=") and message in err
+
+
+@pytest.mark.parametrize("command", [["compare"], ["check", "study.name=nothing"]])
+def test_reading_commands_do_not_create_a_missing_store(command, mlflow_store, capsys) -> None:
+    database = Path(mlflow_store.removeprefix("sqlite:///"))
+    err = _fails(command, capsys)
+    assert f"no MLflow store at {database}" in err
+    assert not database.exists()
+
+
+def test_a_storage_file_of_another_kind_fails_before_the_mlflow_store_exists(
+    mlflow_store, tmp_path, capsys
+) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a journal\n")
+    err = _fails(["tune", *TINY, f"storage.url=journal:///{notes}"], capsys)
+    assert f"storage {notes}: cannot open it as an Optuna journal" in err
+    assert notes.read_text() == "not a journal\n"
+    assert not Path(mlflow_store.removeprefix("sqlite:///")).exists()
+
+
+def test_servers_refuse_a_port_or_host_they_cannot_listen_on(mlflow_store, capsys) -> None:
+    assert "port=abc: expected a port number" in _fails(["tracking-server", "port=abc"], capsys)
+    assert "--port='99999'" in _fails(["optuna-dashboard", "--port", "99999"], capsys)
+    err = _fails(["serve", "model=models:/m@champion", "host=nowhere.invalid", "port=0"], capsys)
+    assert "cannot listen on nowhere.invalid:0" in err and "host=" in err
+
+
+def test_the_optuna_dashboard_does_not_create_an_empty_storage(mlflow_store, tmp_path, capsys):
+    err = _fails(["optuna-dashboard"], capsys)
+    assert "no Optuna storage at" in err
+    assert not (tmp_path / ".sweep").exists()
+
+
+def _logged_run(config_text: str) -> str:
+    """A run whose config.yaml artifact is ``config_text`` (as ``sweep train`` logs one)."""
+    from mlflow.tracking import MlflowClient
+
+    from sweep.tracking import ensure_experiment
+
+    client = MlflowClient()
+    run = client.create_run(ensure_experiment("logged"))
+    client.log_text(run.info.run_id, config_text, "config.yaml")
+    client.set_terminated(run.info.run_id)
+    return run.info.run_id
+
+
+def test_a_rerun_of_an_unreadable_or_partial_config_names_it(tracked, capsys) -> None:
+    broken = _logged_run("data: {name: [synthetic\n")
+    assert "config.yaml cannot be read" in _fails(["rerun", broken], capsys)
+    partial = _logged_run("seed: 0\n")
+    assert "config.yaml has no 'data' section" in _fails(["rerun", partial], capsys)
+
+
+def test_a_rerun_override_that_cannot_be_resolved_names_its_key(tracked, capsys) -> None:
+    from omegaconf import OmegaConf
+
+    from sweep import config as config_mod
+
+    cfg = config_mod.run_part(config_mod.compose("sweep", TINY))
+    run_id = _logged_run(OmegaConf.to_yaml(cfg))
+    err = _fails(["rerun", run_id, "seed=${oc.env:SWEEP_TEST_UNSET_VARIABLE}"], capsys)
+    assert err.startswith("seed: ") and "SWEEP_TEST_UNSET_VARIABLE" in err
+
+
+def test_a_report_whose_parent_run_is_not_in_the_store_is_written_and_not_logged(
+    tracked, tmp_path, capsys
+) -> None:
+    import optuna
+
+    from sweep.report import log_report
+    from sweep.study import PARENT_RUN_ATTR
+
+    study = optuna.create_study()
+    study.set_user_attr(PARENT_RUN_ATTR, "0" * 32)
+    page = tmp_path / "report.html"
+    page.write_text("<html></html>")
+    assert log_report(study, page, tracked) is None
+    assert "report not logged to MLflow" in capsys.readouterr().err
+
+
+def test_a_parent_run_whose_settings_cannot_be_written_is_not_left_running(
+    tracked, monkeypatch
+) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from sweep import study as study_mod
+
+    def broken_store(*args, **kwargs):
+        raise RuntimeError("the store went away")
+
+    monkeypatch.setattr(study_mod, "_log_study_settings", broken_store)
+    with pytest.raises(RuntimeError, match="the store went away"):
+        study_mod.tune([*TINY, "study.name=unwritten"], progress=False)
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("unwritten")
+    [parent] = client.search_runs([experiment.experiment_id])
+    assert parent.info.status == "FAILED"
+
+
+@pytest.mark.e2e
+def test_the_champion_has_a_model_when_trials_log_none(tracked) -> None:
+    import mlflow
+    import numpy as np
+
+    from sweep.study import tune
+
+    overrides = [*TINY[:3], "study.n_trials=2", "tracking.log_model=false", "study.name=nomodel"]
+    tune([*overrides, "champion.k=1", "champion.seeds=1"], progress=False)
+    model = mlflow.pyfunc.load_model("models:/nomodel@champion")
+    rows = np.zeros((2, 12), dtype=np.float32)  # synthetic: 12 features
+    assert len(model.predict(rows)) == 2
