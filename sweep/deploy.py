@@ -15,6 +15,7 @@ one-line :class:`DeployError`; the CLI prints it and exits with status 2.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
@@ -188,10 +189,15 @@ def free_port(host: str = DEFAULT_HOST, port: int = 0) -> int:
     """``port`` if nobody listens on it right now, else DeployError; with port 0 a port
     nobody listens on (tests, and the default when asked for port=0)."""
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        if os.name == "posix":
+            # As servers bind: a port whose last connections are still closing is free
+            # (Linux still refuses one that something listens on).
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError as exc:  # also socket.gaierror: a host name that does not resolve
-            what = "host=" if isinstance(exc, socket.gaierror) else "port="
+            host_fault = isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL
+            what = "host=" if host_fault else "port="
             raise DeployError(
                 f"cannot listen on {host}:{port}: {exc.strerror or exc}; choose {what}..."
             ) from None
@@ -353,7 +359,7 @@ def serve_command(args: list[str]) -> int:
     if port == 0:
         port = free_port(host)
     model_uri = opts["model"] or champion_uri(opts["study"])
-    tracking_uri = tracking.setup(None)
+    tracking_uri = tracking.setup(None, answer=_needs_store(model_uri))  # a path needs no store
     info = check_model(model_uri, tracking_uri)  # a clear error now, not a server traceback
     check_port_free(host, port)
     return serve(model_uri, host, port, tracking_uri, hint=payload_hint(info, model_uri))
@@ -642,7 +648,7 @@ def predict_file(
     output = Path(output_path).expanduser() if output_path else _default_output(source)
     if output.resolve() == source.resolve():
         raise DeployError(f"output: {output} is the input file; choose another output=...")
-    tracking_uri = tracking.setup(tracking_uri)
+    tracking_uri = tracking.setup(tracking_uri, answer=_needs_store(model_uri))
     model = load_model(model_uri, tracking_uri)
     spec = _input_spec(model)
     chunks, total = _read_chunks(source, chunk_size, spec)

@@ -542,7 +542,8 @@ def _ended_on_error(run_id: str) -> Iterator[None]:
         yield
     except BaseException as exc:
         interrupted = isinstance(exc, (KeyboardInterrupt, SystemExit))
-        tracking.set_terminated(run_id, "KILLED" if interrupted else "FAILED")
+        with contextlib.suppress(Exception):  # the store itself may be what failed
+            tracking.set_terminated(run_id, "KILLED" if interrupted else "FAILED")
         raise
 
 

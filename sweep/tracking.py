@@ -20,6 +20,7 @@ import platform
 import subprocess
 import sys
 import time
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -93,9 +94,13 @@ def check_reachable(
     empty).
 
     MLflow's client retries an unreachable server for minutes, printing multi-line
-    warnings, before it raises; this says so in seconds. Opens no MLflow store."""
+    warnings, before it raises; this says so in seconds. Opens no MLflow store. A store
+    that answered is not asked again in this process (a trial calls :func:`setup` too)."""
     from sweep.config import TRACKING_SCHEMES
     from sweep.errors import ConfigError
+
+    if (uri, must_exist, answer) in _USABLE:
+        return
 
     scheme = uri.split("://", 1)[0].lower().split("+", 1)[0] if "://" in uri else ""
     if scheme and scheme not in TRACKING_SCHEMES:
@@ -114,6 +119,10 @@ def check_reachable(
             f"no MLflow store at {path.resolve()} ({key} {redact(uri)}); run from the "
             "project directory or set MLFLOW_TRACKING_URI"
         )
+    _USABLE.add((uri, must_exist, answer))
+
+
+_USABLE: set[tuple[str, bool, bool]] = set()  # check_reachable's passes in this process
 
 
 def check_server(uri: str, timeout: float = 5.0, key: str = "tracking.uri") -> None:
@@ -121,8 +130,11 @@ def check_server(uri: str, timeout: float = 5.0, key: str = "tracking.uri") -> N
 
     MLflow's client retries a refused connection with backoff for about four minutes
     before it raises; reading runs should say in seconds that the server is not there.
-    Any HTTP answer (even 401 or 404 from a proxy) counts as reachable.
+    Any HTTP answer (even 401 or 404 from a proxy) counts as reachable, and so does a TLS
+    handshake this check cannot complete (MLflow's client may have its own certificate
+    settings): only a refused connection, a timeout or an unknown host fail.
     """
+    import ssl
     import urllib.error
     import urllib.request
 
@@ -130,13 +142,18 @@ def check_server(uri: str, timeout: float = 5.0, key: str = "tracking.uri") -> N
 
     if not uri.startswith(("http://", "https://")):
         return
+    parts = urllib.parse.urlsplit(uri)
+    # user:password@ in the URI is MLflow's client's to send, not a host to look up.
+    bare = parts._replace(netloc=parts.netloc.rpartition("@")[2])
     try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):
+        with urllib.request.urlopen(f"{bare.geturl().rstrip('/')}/health", timeout=timeout):
             return
     except urllib.error.HTTPError:
         return
     except (OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
+        if isinstance(reason, ssl.SSLError):
+            return  # it answered
         raise ConfigError(f"{key}={redact(uri)}: no MLflow server answers ({reason})") from None
 
 
@@ -156,7 +173,7 @@ def _check_database_server(uri: str, scheme: str, key: str, timeout: float) -> N
             engine.dispose()
     except Exception as exc:
         raise ConfigError(
-            f"{key}={redact(uri)}: cannot open the MLflow tracking store: {one_line(exc)}"
+            f"{key}={redact(uri)}: cannot connect to the store's database: {one_line(exc)}"
         ) from None
 
 
@@ -192,7 +209,8 @@ def sqlite_path(tracking_uri: str) -> Path | None:
     if not tracking_uri.startswith("sqlite:///"):
         return None
     path = tracking_uri[len("sqlite:///") :].split("?", 1)[0]
-    return None if path in ("", ":memory:") else Path(path)
+    # MLflow's default URI escapes the path (a space is %20); SQLAlchemy decodes it.
+    return None if path in ("", ":memory:") else Path(urllib.parse.unquote(path))
 
 
 _WAL_DATABASES: set[str] = set()  # real paths of the sqlite stores opened in WAL mode

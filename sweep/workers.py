@@ -231,7 +231,8 @@ def worker_command(args: list[str]) -> int:
     spec = prepare(args, check_space=WORKER_INDEX_ENV not in os.environ)
     # A waiting worker must not open the store: `sweep tune` may be creating it (the first
     # creation of an sqlite schema by several processes at once can race).
-    tracking.setup(spec.cfg.tracking.uri, check_store=not waiting)
+    # Nor check that it answers: `sweep tune` does, and says once if it does not.
+    tracking.setup(spec.cfg.tracking.uri, check_store=not waiting, answer=not waiting)
     if waiting:
         warm_up(spec)  # while `sweep tune` creates the study and its parent run
         if sys.stdin.readline().strip() != "go":

@@ -42,7 +42,7 @@ def test_an_unknown_scheme_in_the_environment_is_named(command, mlflow_store, mo
     ("uri", "message"),
     [
         ("http://127.0.0.1:1", "no MLflow server answers"),
-        ("postgresql://postgres@127.0.0.1:1/none", "cannot open the MLflow tracking store"),
+        ("postgresql://postgres@127.0.0.1:1/none", "cannot connect to the store's database"),
     ],
 )
 @pytest.mark.parametrize("command", ["check", "compare", "train"])
@@ -77,8 +77,9 @@ def test_a_storage_file_of_another_kind_fails_before_the_mlflow_store_exists(
 def test_servers_refuse_a_port_or_host_they_cannot_listen_on(mlflow_store, capsys) -> None:
     assert "port=abc: expected a port number" in _fails(["tracking-server", "port=abc"], capsys)
     assert "--port='99999'" in _fails(["optuna-dashboard", "--port", "99999"], capsys)
-    err = _fails(["serve", "model=models:/m@champion", "host=nowhere.invalid", "port=0"], capsys)
-    assert "cannot listen on nowhere.invalid:0" in err and "host=" in err
+    # 192.0.2.1 (TEST-NET-1, RFC 5737) is no address of this machine; no DNS lookup.
+    err = _fails(["serve", "model=models:/m@champion", "host=192.0.2.1", "port=0"], capsys)
+    assert "cannot listen on 192.0.2.1:0" in err and "choose host=" in err
 
 
 def test_the_optuna_dashboard_does_not_create_an_empty_storage(mlflow_store, tmp_path, capsys):
@@ -165,3 +166,26 @@ def test_the_champion_has_a_model_when_trials_log_none(tracked) -> None:
     model = mlflow.pyfunc.load_model("models:/nomodel@champion")
     rows = np.zeros((2, 12), dtype=np.float32)  # synthetic: 12 features
     assert len(model.predict(rows)) == 2
+
+
+def test_a_store_path_with_escaped_characters_is_the_file_mlflow_opens(tmp_path) -> None:
+    from mlflow.utils.file_utils import path_to_local_sqlite_uri
+
+    from sweep.tracking import check_reachable, sqlite_path
+
+    database = tmp_path / "My Projects" / "mlflow.db"
+    uri = path_to_local_sqlite_uri(str(database))  # MLflow's default URI: '%20' for ' '
+    assert "%20" in uri and sqlite_path(uri) == database
+    database.parent.mkdir()
+    database.touch()
+    check_reachable(uri, must_exist=True)  # the file is there
+
+
+def test_the_server_check_leaves_the_uris_credentials_to_mlflow() -> None:
+    from sweep.errors import ConfigError
+    from sweep.tracking import check_server
+
+    # Refused at 127.0.0.1:1, not a failed lookup of the host "user:secret@127.0.0.1".
+    with pytest.raises(ConfigError, match="refused") as error:
+        check_server("http://user:secret@127.0.0.1:1")
+    assert "secret" not in str(error.value)
