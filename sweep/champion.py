@@ -120,10 +120,11 @@ def _score_candidates(study, spec, parent_run_id: str, top: list, seeds: list[in
     every candidate failed."""
     from sweep.run_pool import run_jobs
 
-    # Re-runs of a candidate are kept in the study: a resumed study re-trains only new ones.
+    # Re-runs of a candidate are kept in the study: a resumed study re-trains only new ones,
+    # and those without a model (re-run by an earlier version with tracking.log_model=false).
     cache = dict(study.user_attrs.get(RERUNS_ATTR, {}))
     key_of = {t.number: f"{t.number}:{','.join(map(str, seeds))}" for t in top}
-    new = [t for t in top if key_of[t.number] not in cache]
+    new = [t for t in top if not cache.get(key_of[t.number], {}).get("source_model_uri")]
     jobs = [job for trial in new for job in _rerun_jobs(trial, spec, parent_run_id, seeds)]
     outcomes: dict = {}
     errors = []

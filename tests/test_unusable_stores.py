@@ -158,14 +158,28 @@ def test_a_parent_run_whose_settings_cannot_be_written_is_not_left_running(
 def test_the_champion_has_a_model_when_trials_log_none(tracked) -> None:
     import mlflow
     import numpy as np
+    from mlflow.tracking import MlflowClient
 
+    from sweep.champion import CHAMPION_ATTR, RERUNS_ATTR
+    from sweep.check import load_study
     from sweep.study import tune
 
     overrides = [*TINY[:3], "study.n_trials=2", "tracking.log_model=false", "study.name=nomodel"]
-    tune([*overrides, "champion.k=1", "champion.seeds=1"], progress=False)
+    overrides += ["champion.k=1", "champion.seeds=1"]
+    tune(overrides, progress=False)
     model = mlflow.pyfunc.load_model("models:/nomodel@champion")
     rows = np.zeros((2, 12), dtype=np.float32)  # synthetic: 12 features
     assert len(model.predict(rows)) == 2
+    # Re-runs kept by an earlier version, made without a model: a resumed study that
+    # selects again re-trains them rather than register a version with no source.
+    study, _ = load_study(overrides)
+    kept = study.user_attrs[RERUNS_ATTR]
+    study.set_user_attr(RERUNS_ATTR, {k: {**v, "source_model_uri": None} for k, v in kept.items()})
+    study.set_user_attr(CHAMPION_ATTR, None)
+    tune(overrides, progress=False)
+    version = MlflowClient().get_model_version_by_alias("nomodel", "champion")
+    assert int(version.version) == 2
+    assert len(mlflow.pyfunc.load_model("models:/nomodel@champion").predict(rows)) == 2
 
 
 def test_a_store_path_with_escaped_characters_is_the_file_mlflow_opens(tmp_path) -> None:
