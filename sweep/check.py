@@ -22,14 +22,17 @@ EXPECTED_STATUS = {
 }
 
 
-def load_study(overrides: list[str]):
-    """The study named in the sweep config, loaded from its storage (no data, no training)."""
+def load_study(overrides: list[str], must_reach_store: bool = False):
+    """The study named in the sweep config, loaded from its storage (no data, no training),
+    with MLflow pointed at the config's store. Reading the study needs only Optuna's
+    storage; ``must_reach_store`` (for comparing with MLflow's runs) also requires the
+    tracking store to exist and answer (:func:`sweep.tracking.check_reachable`)."""
     from sweep import tracking
     from sweep.config import compose
     from sweep.optuna_parts import load_existing_study, storage_url
 
     cfg = compose("sweep", overrides)
-    tracking.setup(cfg.tracking.uri, must_exist=True)
+    tracking.setup(cfg.tracking.uri, must_exist=must_reach_store, answer=must_reach_store)
     return load_existing_study(str(cfg.study.name), storage_url(cfg.storage)), cfg
 
 
@@ -149,7 +152,7 @@ def _value_mismatch(label: str, trial, run) -> list[str]:
 
 
 def check(overrides: list[str]) -> list[str]:
-    study, _ = load_study(overrides)
+    study, _ = load_study(overrides, must_reach_store=True)
     from sweep.workers import running_reruns
 
     parent = parent_run(study)

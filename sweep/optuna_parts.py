@@ -322,15 +322,10 @@ def check_server_storage(url: str) -> None:
     if url.startswith(("journal:", "sqlite:")):
         _check_storage_file(url)
         return
-    import sqlalchemy
+    from sweep.tracking import probe_database
 
     try:
-        engine = sqlalchemy.create_engine(url)
-        try:
-            with engine.connect():
-                pass
-        finally:
-            engine.dispose()
+        probe_database(url)
     except Exception as exc:
         raise _unreachable(url, exc) from None
 

@@ -113,7 +113,7 @@ def check_reachable(
     if scheme in ("http", "https"):
         check_server(uri, timeout, key)
     elif scheme in DATABASE_SERVERS:
-        _check_database_server(uri, scheme, key, timeout)
+        _check_database_server(uri, key, timeout)
     elif must_exist and (path := sqlite_path(uri)) is not None and not path.exists():
         raise ConfigError(
             f"no MLflow store at {path.resolve()} ({key} {redact(uri)}); run from the "
@@ -157,20 +157,28 @@ def check_server(uri: str, timeout: float = 5.0, key: str = "tracking.uri") -> N
         raise ConfigError(f"{key}={redact(uri)}: no MLflow server answers ({reason})") from None
 
 
-def _check_database_server(uri: str, scheme: str, key: str, timeout: float) -> None:
-    """Connect once and disconnect (MLflow's engine would retry for about two minutes)."""
+def probe_database(url: str, timeout: float = 5.0) -> None:
+    """Connect to the database server at the SQLAlchemy ``url`` once and disconnect,
+    creating nothing; the driver's error propagates. PostgreSQL and MySQL give up after
+    ``timeout`` seconds (a host that drops packets would otherwise hang)."""
     import sqlalchemy
 
+    scheme = url.split("://", 1)[0].lower().split("+", 1)[0]
+    connect_args = {"connect_timeout": int(timeout)} if scheme in ("postgresql", "mysql") else {}
+    engine = sqlalchemy.create_engine(url, connect_args=connect_args)
+    try:
+        with engine.connect():
+            pass
+    finally:
+        engine.dispose()
+
+
+def _check_database_server(uri: str, key: str, timeout: float) -> None:
+    """Connect once and disconnect (MLflow's engine would retry for about two minutes)."""
     from sweep.errors import ConfigError
 
-    connect_args = {"connect_timeout": int(timeout)} if scheme in ("postgresql", "mysql") else {}
     try:
-        engine = sqlalchemy.create_engine(uri, connect_args=connect_args)
-        try:
-            with engine.connect():
-                pass
-        finally:
-            engine.dispose()
+        probe_database(uri, timeout)
     except Exception as exc:
         raise ConfigError(
             f"{key}={redact(uri)}: cannot connect to the store's database: {one_line(exc)}"
