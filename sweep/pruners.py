@@ -28,7 +28,10 @@ class AllTrialsPercentilePruner(BasePruner):
     this ranking, pruned and early-stopped trials counted at their last value, saved 43%
     and kept it on all 8; with seeds 0-4 (2026-11-27) the median pruner saved 35% and
     42% of the time on two VMs, keeping the best trial on 4 of 5 on both, and this one
-    40% and 45%, keeping it on 4 and 5 of 5.
+    40% and 45%, keeping it on 4 and 5 of 5. Those curves were early-stopped; on the
+    template-style search's own trials (no early stopping, ``conf/sweep.yaml``) the
+    default study's early stopping breaks TPE's path on every seed, this ranking alone on
+    2 of 5.
     """
 
     def __init__(self, percentile: float, n_startup_trials: int = 3, n_warmup_steps: int = 2):

@@ -203,10 +203,84 @@ def test_replay_counts_the_time_up_to_each_pruned_epoch_and_the_best_kept() -> N
     from sweep.benchmarks.pruners import replay
 
     none = replay(_curve_trials(), optuna.pruners.NopPruner())
-    assert none == {"seconds": 12.0, "best": 0.95, "pruned": []}
+    assert {k: none[k] for k in ("seconds", "best", "pruned")} == {
+        "seconds": 12.0,
+        "best": 0.95,
+        "pruned": [],
+    }
+    assert none["held"] == [{"value": v, "epochs": 3} for v in (0.9, 0.95, 0.85)]
     # Prunes any report below 0.5 at once: the slow starter stops after 1 of its 3 epochs.
     threshold = replay(_curve_trials(), optuna.pruners.ThresholdPruner(lower=0.5))
-    assert threshold == {"seconds": 3.0 + 1.0 + 6.0, "best": 0.9, "pruned": [1]}
+    assert threshold["seconds"] == 3.0 + 1.0 + 6.0
+    assert (threshold["best"], threshold["pruned"]) == (0.9, [1])
+    assert threshold["held"][1] == {"value": 0.2, "epochs": 1}
+
+
+def test_replay_stops_a_trial_where_early_stopping_would_and_holds_its_best_by_then() -> None:
+    import optuna
+
+    from sweep.benchmarks.pruners import replay
+
+    trials = [
+        {"reports": [0.5, 0.7, 0.7, 0.7, 0.9], "value": 0.9, "seconds": 5.0},  # a late peak
+        {"reports": [0.6, 0.8, 0.8, 0.85, 0.85], "value": 0.85, "seconds": 5.0},
+    ]
+    stopped = replay(trials, optuna.pruners.NopPruner(), patience=2)
+    # The first waits two epochs at 0.7 and stops before its peak; the second rises in time.
+    assert stopped["held"] == [{"value": 0.7, "epochs": 4}, {"value": 0.85, "epochs": 5}]
+    assert (stopped["seconds"], stopped["best"], stopped["pruned"]) == (9.0, 0.85, [])
+
+
+def _scripted_epochs(values: list[float], patience: int, min_delta: float) -> int:
+    """Epochs Lightning's own EarlyStopping runs on a model whose val/acc is ``values``."""
+    import lightning as L
+    import torch
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    class Scripted(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(1))
+
+        def training_step(self, batch, batch_idx):
+            return (self.weight * batch[0]).sum()
+
+        def validation_step(self, batch, batch_idx):
+            self.log("val/acc", values[self.current_epoch])
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.0)
+
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.ones(1, 1)))
+    trainer = L.Trainer(
+        max_epochs=len(values),
+        callbacks=[EarlyStopping("val/acc", mode="max", patience=patience, min_delta=min_delta)],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(Scripted(), data, data)
+    return trainer.current_epoch
+
+
+@pytest.mark.parametrize(
+    ("values", "patience", "min_delta"),
+    [
+        ([0.5, 0.6, 0.6, 0.55, 0.7, 0.7, 0.7, 0.8], 2, 0.0),
+        ([0.5, 0.6, 0.6, 0.55, 0.7, 0.7, 0.7, 0.8], 3, 0.0),
+        ([0.5, 0.4, 0.45, 0.3, 0.9, 0.9], 3, 0.0),
+        ([0.5, 0.52, 0.54, 0.56, 0.58, 0.6], 1, 0.05),
+    ],
+)
+def test_early_stopped_epochs_match_lightnings_early_stopping(values, patience, min_delta):
+    from sweep.benchmarks.pruners import early_stopped_epochs
+
+    best_so_far = [max(values[: i + 1]) for i in range(len(values))]
+    expected = _scripted_epochs(values, patience, min_delta)
+    assert early_stopped_epochs(best_so_far, patience, min_delta) == expected
+    assert early_stopped_epochs(best_so_far, None) == len(values)
 
 
 def _finals(values: list[float], enqueued: int = 0) -> list[dict]:
@@ -223,8 +297,12 @@ def test_tpe_path_is_kept_while_no_pruned_trial_would_be_in_the_good_group() -> 
     assert tpe_path_kept(_finals(values), pruned=[0, 1, 3, 5], n_startup=3)
     assert not tpe_path_kept(_finals(values), pruned=[2], n_startup=3)
     assert not tpe_path_kept(_finals(values), pruned=[4], n_startup=3)
-    # Trial 0 leads when trial 1 is sampled.
-    assert not tpe_path_kept(_finals(values), pruned=[0], n_startup=1)
+    # Pruned trials fill the group only where too few completed (Optuna's _split_trials):
+    # trial 0, the only one finished when trial 1 is sampled, is in it, pruned or not;
+    # when trial 2 is sampled the group holds trial 1, which leads unpruned too.
+    assert tpe_path_kept(_finals(values), pruned=[0], n_startup=1)
+    # Here trial 0 leads unpruned when trial 2 is sampled, and trial 1 does when it is pruned.
+    assert not tpe_path_kept(_finals([0.6, 0.5, 0.9]), pruned=[0], n_startup=1)
     # The random start-up trials and the enqueued ones are not proposed from the good group.
     assert tpe_path_kept(_finals(values), pruned=[2], n_startup=6)
     assert tpe_path_kept(_finals([0.5, 0.9, 0.6, 0.4], enqueued=4), pruned=[1], n_startup=0)
@@ -278,6 +356,64 @@ def test_tpe_path_kept_predicts_when_optunas_tpe_proposes_the_unpruned_trials() 
         assert predicted == ([t["x"] for t in pruned] == [t["x"] for t in unpruned]), seed
         seen.add(predicted)
     assert seen == {True, False}  # both cases occurred
+
+
+def _stalling_curve(x: float, steps: int = 8) -> list[float]:
+    """``_curve`` at a coarse rounding: it stalls for a few epochs, then rises again."""
+    return [round(v, 1) for v in _curve(x, steps)]
+
+
+def _early_stopped_search(seed: int, pruner, patience: int) -> list[dict]:
+    """A TPE search over the stalling curves, each trial reporting its best so far and
+    stopped once ``patience`` reports in a row did not beat it (as EarlyStopping does)."""
+    import optuna
+
+    def objective(trial):
+        x = trial.suggest_float("x", 0.0, 1.0)
+        best, waited = None, 0
+        for step, value in enumerate(_stalling_curve(x)):
+            best, waited = (value, 0) if best is None or value > best else (best, waited + 1)
+            trial.report(best, step)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+            if waited >= patience:
+                break
+        return best
+
+    sampler = optuna.samplers.TPESampler(n_startup_trials=4, seed=seed)
+    study = optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner)
+    study.optimize(objective, n_trials=16)
+    return [t.params["x"] for t in study.trials]
+
+
+def test_tpe_path_kept_predicts_the_proposals_of_an_early_stopped_study() -> None:
+    """Early stopping lowers the value of a trial that stalls before its peak, which can
+    take it out of TPE's good group even where nothing is pruned: tpe_path_kept, given
+    what the replayed study holds of each trial, predicts that on Optuna's own TPE."""
+    import optuna
+
+    from sweep.benchmarks.pruners import replay, tpe_path_kept
+    from sweep.pruners import AllTrialsPercentilePruner
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    seen, blind = set(), 0
+    for seed in range(8):
+        xs = _early_stopped_search(seed, optuna.pruners.NopPruner(), patience=1000)
+        unpruned = [
+            {"value": max(c), "reports": [max(c[: i + 1]) for i in range(len(c))], "seconds": 1.0}
+            for c in map(_stalling_curve, xs)
+        ]
+        for pruner in (
+            optuna.pruners.NopPruner,
+            lambda: AllTrialsPercentilePruner(70.0, n_startup_trials=2, n_warmup_steps=2),
+        ):
+            replayed = replay(unpruned, pruner(), patience=2)
+            predicted = tpe_path_kept(unpruned, replayed["pruned"], 4, replayed["held"])
+            assert predicted == (_early_stopped_search(seed, pruner(), 2) == xs), seed
+            blind += predicted != tpe_path_kept(unpruned, replayed["pruned"], 4)
+            seen.add(predicted)
+    assert seen == {True, False}
+    assert blind  # where it mattered that early stopping lowered a value
 
 
 def test_gpu_check_summarises_each_seeds_search() -> None:
@@ -402,3 +538,18 @@ def test_render_compares_the_two_worker_arm_with_the_template_at_one_thread() ->
     assert "0.9750 / 0.9750 (0.9750); 0.9720 / 0.9700 (0.9720); 0.9900 / 0.9900 (0.9900)" in row
     assert "ours >= template on 2 (3) of 3 seeds" in row
     assert "wall time 410 s / 155 s" in row
+
+
+def test_header_names_each_machine_with_the_phases_run_on_it() -> None:
+    from sweep.benchmarks.__main__ import machines_line
+
+    assert machines_line({"overhead": "A", "search": "A"}) == "A"
+    ran_on = {"overhead": "A", "search": "B", "pruners": "B", "compare": "A", "help_s": "A"}
+    assert machines_line(ran_on) == "A; search, pruners on B"
+
+
+def test_the_first_replayed_pruner_is_the_default_studys() -> None:
+    """The table marks the first as the default."""
+    from sweep.config import compose
+
+    assert compose("sweep", []).pruner.name == PRUNERS[0]

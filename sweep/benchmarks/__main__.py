@@ -17,6 +17,25 @@ from sweep.benchmarks.common import machine
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def _replay_label(pr: dict, n: int) -> str:
+    if "curves" not in pr:  # results saved before the curves were the template's
+        return (
+            f"Pruners replayed on the curves of unpruned default studies ({n} sampler "
+            f"seeds, {pr['n_trials']} trials): median share of the time taken, seeds "
+            "where the best trial was kept (where TPE would propose the same trials, "
+            "so the best val is the unpruned one)"
+        )
+    patience = pr.get("early_stopping")
+    stopping = f"early stopping (patience {patience})" if patience else "no early stopping"
+    return (
+        f"Pruners and early stopping replayed on the template-style search's trials (the "
+        f"default study unpruned, without early stopping; {n} sampler seeds, "
+        f"{pr['n_trials']} trials), each pruner with the default's {stopping}: median "
+        "share of that search's time taken, seeds where its best val was kept (where TPE "
+        "would propose the same trials, so the replay is what the study finds)"
+    )
+
+
 def cli_help_seconds(repetitions: int = 5) -> float:
     times = []
     for _ in range(repetitions):
@@ -243,10 +262,7 @@ def render(results: dict) -> str:
         rows.insert(
             -3,
             (
-                f"Pruners replayed on the curves of unpruned default studies ({n} sampler "
-                f"seeds, {pr['n_trials']} trials): median share of the time taken, seeds "
-                "where the best trial was kept (where TPE would propose the same trials, "
-                "so the best val is the unpruned one)",
+                _replay_label(pr, n),
                 "; ".join(
                     f"{name}{' (default)' if i == 0 else ''} {pr[name]['time_fraction']:.2f}, "
                     f"{pr[name]['kept_best']} of {n}"
@@ -287,6 +303,25 @@ def render(results: dict) -> str:
     return "\n".join(lines)
 
 
+def machines_line(ran_on: dict[str, str]) -> str:
+    """The machine most phases ran on, then each other machine with its phases: ratios
+    are taken within a phase, but the phases of one table may come from several runs."""
+    by_machine: dict[str, list[str]] = {}
+    for phase, where in ran_on.items():
+        by_machine.setdefault(where, []).append(phase)
+    ranked = sorted(by_machine, key=lambda m: -len(by_machine[m]))
+    if not ranked:
+        return machine()
+    return ranked[0] + "".join(f"; {', '.join(by_machine[m])} on {m}" for m in ranked[1:])
+
+
+def _saved_machine() -> str | None:
+    """The machine in the saved bench/results.md header (``..., on MACHINE.``)."""
+    saved = ROOT / "bench" / "results.md"
+    found = re.search(r"`, on (.+)\.\n", saved.read_text()) if saved.exists() else None
+    return found.group(1) if found else None
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m sweep.benchmarks")
     parser.add_argument("--quick", action="store_true", help="fewer repetitions and trials")
@@ -325,10 +360,14 @@ def main() -> int:
         if missing:
             parser.error(f"--only: no saved results for {', '.join(missing)}; run them too")
     ran = results.setdefault("ran_at", {})
+    ran_on = results.setdefault("ran_on", {})
+    for name in ran:  # results saved before each phase named its machine: the header's
+        ran_on.setdefault(name, _saved_machine() or machine())
     for name in chosen:
         started = time.perf_counter()
         results[name] = phases[name]()
         ran[name] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        ran_on[name] = machine()
         print(
             f"[{name}: {time.perf_counter() - started:.0f} s] {json.dumps(results[name])}",
             file=sys.stderr,
@@ -343,8 +382,9 @@ def main() -> int:
         each = (f"{k}: {v[11:] if v[:10] == latest[:10] else v}" for k, v in ran.items())
         when += " (" + ", ".join(each) + ")"
     command = "make bench" + (" ARGS=--quick" if args.quick else "")
+    where = machines_line(ran_on)
     text = (
-        f"# Benchmarks\n\n{when}, `{command}`, on {machine()}.\n"
+        f"# Benchmarks\n\n{when}, `{command}`, on {where}.\n"
         "Ratios are medians against a baseline run in the same session.\n\n"
         f"{table}\n\n<details><summary>raw results</summary>\n\n```json\n"
         f"{json.dumps(results, indent=2, default=str)}\n```\n</details>\n"
@@ -353,9 +393,7 @@ def main() -> int:
     out.parent.mkdir(exist_ok=True)
     out.write_text(text)
     readme = ROOT / "README.md"
-    block = (
-        f"<!-- bench:start -->\n{when}, `{command}`, {machine()}:\n\n{table}\n<!-- bench:end -->"
-    )
+    block = f"<!-- bench:start -->\n{when}, `{command}`, {where}:\n\n{table}\n<!-- bench:end -->"
     readme.write_text(
         re.sub(
             r"<!-- bench:start -->.*?<!-- bench:end -->",

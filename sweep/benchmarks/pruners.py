@@ -1,20 +1,26 @@
-"""Pruners replayed on the curves of unpruned searches: how much time each saves, and
-whether it keeps each search's best trial.
+"""Pruners and early stopping replayed on the curves of the template-style search: how
+much time each setting saves, and whether it keeps that search's best trial.
 
-The default study runs without pruning (lean trials, one worker) for several sampler
-seeds; every trial's reports (its best val acc after each epoch) and duration are kept.
-Each pruner then sees those trials in order, as Optuna would show them: a trial it prunes
-costs the share of its duration up to that epoch and becomes PRUNED for the later ones.
-This is how ``conf/sweep.yaml``'s default was chosen.
+The default study runs for several sampler seeds with neither pruning nor early stopping
+(lean trials, one worker): every trial trains all its epochs, as the template-style
+search's trials do (its early stopping has patience 100), and scores what it scores there
+(the same config on the same batches, ``sweep.benchmarks.search``). Every trial's reports
+(its best val acc after each epoch) and duration are kept. Each setting then sees those
+trials in order, as Optuna would show them: early stopping ends a trial at the epoch
+Lightning's ``EarlyStopping`` would (its value is its best val by then), a trial the
+pruner prunes ends at that epoch and becomes PRUNED for the later ones, and each costs
+the share of its duration up to its last epoch. This is how ``conf/sweep.yaml``'s
+default was chosen.
 
 A replay assumes the sampler proposes the same points. Whether TPE would, the curves
 tell exactly: TPE splits the finished trials into a good group (the best
-``ceil(0.1 n)`` completed ones) and the rest, and uses nothing else of their values. A
-pruned trial is never in the good group, so TPE proposes the trials of the unpruned
-search as long as no trial the pruner stopped would have been in the good group when a
-later trial was sampled (:func:`tpe_path_kept`). Where the path is kept, the pruned
-search finds the unpruned one's best val; where it is not, the search goes elsewhere
-and its best val may be higher or lower, which the search benchmark measures.
+``ceil(0.1 n)`` completed ones) and the rest, and uses nothing else of their values. So
+TPE proposes the template-style search's trials as long as, whenever a trial is
+sampled, the replayed study's good group holds the same trials as the template-style
+study's (:func:`tpe_path_kept`): no trial that would be in it was pruned, or stopped
+early below a trial that was not. Where the path is kept, the replayed best val is the
+one the real study finds; where it is not, the search goes elsewhere and its best val may
+be higher or lower, which the search benchmark measures.
 """
 
 from __future__ import annotations
@@ -26,15 +32,27 @@ from typing import Any
 
 from sweep.benchmarks.common import workdir
 
-#: The pruner configs compared (conf/pruner/ and overrides), the default first.
+#: Optuna's pruners and ours, each with the default study's other settings (its early
+#: stopping included); the first is the default study's pruner.
 PRUNERS = ("percentile_all", "median", "percentile", "hyperband", "successive_halving")
-#: The default pruner made more patient (kept: the top 50% from epoch 5 on), to show
-#: what keeping TPE's path on every seed costs.
-VARIANTS = {"percentile_all 50% from epoch 5": ["pruner.percentile=50", "pruner.n_warmup_steps=4"]}
+#: Variants of the default study (overrides): without early stopping, the default pruner
+#: made more patient (the top 50% kept from epoch 5 on), and early stopping alone; they
+#: show what pruning and early stopping each cost in time and in TPE's path.
+VARIANTS = {
+    "percentile_all without early stopping": ["trainer.early_stopping.enabled=false"],
+    "percentile_all 50% from epoch 5": ["pruner.percentile=50", "pruner.n_warmup_steps=4"],
+    "percentile_all 50% from epoch 5 without early stopping": [
+        "pruner.percentile=50",
+        "pruner.n_warmup_steps=4",
+        "trainer.early_stopping.enabled=false",
+    ],
+    "early stopping alone": ["pruner=none"],
+}
 
 
 def unpruned_trials(seed: int, n_trials: int) -> list[dict[str, Any]]:
-    """The default study with ``pruner=none``: each trial's reports, value and seconds."""
+    """The default study with ``pruner=none`` and no early stopping: each trial's reports,
+    value and seconds."""
     from sweep.check import load_study
     from sweep.study import tune
 
@@ -44,6 +62,7 @@ def unpruned_trials(seed: int, n_trials: int) -> list[dict[str, Any]]:
             f"study.seed={seed}",
             f"study.n_trials={n_trials}",
             "pruner=none",
+            "trainer.early_stopping.enabled=false",
             "champion.k=0",
             "study.name=unpruned",
         ]
@@ -62,32 +81,56 @@ def unpruned_trials(seed: int, n_trials: int) -> list[dict[str, Any]]:
         ]
 
 
-def replay(trials: list[dict[str, Any]], pruner) -> dict[str, Any]:
-    """Show ``trials`` to ``pruner`` in order: the seconds they would have taken, the
-    best value among those it lets complete, and the positions of those it prunes."""
+def early_stopped_epochs(reports: list[float], patience: int | None, min_delta: float = 0.0) -> int:
+    """How many epochs Lightning's ``EarlyStopping`` (mode max) lets a trial run, from its
+    best-so-far reports: it stops once ``patience`` epochs in a row have not beaten the
+    best by more than ``min_delta``. A best-so-far report rises exactly when the epoch's
+    value beats the best, so with ``min_delta`` 0 this is exact. None: no early stopping."""
+    if patience is None or not reports:
+        return len(reports)
+    best, waited = reports[0], 0
+    for epoch in range(1, len(reports)):
+        if reports[epoch] - min_delta > best:
+            best, waited = reports[epoch], 0
+        else:
+            waited += 1
+            if waited >= patience:
+                return epoch + 1
+    return len(reports)
+
+
+def replay(
+    trials: list[dict[str, Any]], pruner, patience: int | None = None, min_delta: float = 0.0
+) -> dict[str, Any]:
+    """Show ``trials`` to ``pruner`` in order, early-stopped with ``patience``: the
+    seconds they would have taken, the best value among those it lets complete, the
+    positions of those it prunes, and what the replayed study holds of each trial (its
+    value, or its last report when pruned, and the epochs it ran)."""
     import optuna
     from optuna.trial import TrialState
 
     # A fixed name: Hyperband assigns brackets by hashing it with the trial number.
     study = optuna.create_study(study_name="replay", direction="maximize", pruner=pruner)
-    seconds, best, pruned = 0.0, None, []
+    seconds, best, pruned, held = 0.0, None, [], []
     for index, record in enumerate(trials):
         trial = study.ask()
         reports = record["reports"]
-        ran = len(reports)
-        for step, value in enumerate(reports):
+        ran = early_stopped_epochs(reports, patience, min_delta)
+        for step, value in enumerate(reports[:ran]):
             trial.report(value, step)
             if trial.should_prune():
+                pruned.append(index)
                 ran = step + 1
                 break
         seconds += record["seconds"] * ran / max(len(reports), 1)
-        if ran < len(reports):
+        value = reports[ran - 1] if ran < len(reports) else record["value"]
+        held.append({"value": value, "epochs": ran})
+        if pruned and pruned[-1] == index:
             study.tell(trial, state=TrialState.PRUNED)
-            pruned.append(index)
         else:
-            study.tell(trial, record["value"])
-            best = record["value"] if best is None else max(best, record["value"])
-    return {"seconds": seconds, "best": best, "pruned": pruned}
+            study.tell(trial, value)
+            best = value if best is None else max(best, value)
+    return {"seconds": seconds, "best": best, "pruned": pruned, "held": held}
 
 
 def tpe_good_count(n_finished: int) -> int:
@@ -96,31 +139,54 @@ def tpe_good_count(n_finished: int) -> int:
     return min(math.ceil(0.1 * n_finished), 25)
 
 
-def tpe_path_kept(trials: list[dict[str, Any]], pruned: list[int], n_startup: int) -> bool:
-    """Whether TPE would propose the unpruned search's trials had these been pruned.
+def tpe_good_group(values: list[float], pruned: set[int], epochs: list[int], k: int) -> set[int]:
+    """The ``k`` trials in TPE's good group (Optuna's ``_split_trials``, maximising): the
+    best completed ones (the earlier first on a tie), then, if there are fewer than
+    ``k``, the pruned ones that ran most epochs, the higher last report first."""
+    done = sorted((i for i in range(len(values)) if i not in pruned), key=lambda i: -values[i])
+    stopped = sorted(pruned & set(range(len(values))), key=lambda i: (-epochs[i], -values[i]))
+    return set((done + stopped)[:k])
+
+
+def tpe_path_kept(
+    trials: list[dict[str, Any]],
+    pruned: list[int],
+    n_startup: int,
+    held: list[dict[str, Any]] | None = None,
+) -> bool:
+    """Whether TPE would propose the unpruned search's trials in the replayed study,
+    which pruned ``pruned`` and holds ``held`` of each trial (its value and epochs; by
+    default each trial's own value, all epochs).
 
     At each trial TPE proposes (sampled, after its ``n_startup`` random ones) its good
-    group is the best :func:`tpe_good_count` completed trials before it. Unpruned, that
-    is the best of all of them by final value; pruned trials cannot be in it. The two
-    groups, hence the proposals, are the same as long as no pruned trial would have been
-    in the unpruned search's group.
+    group is the best :func:`tpe_good_count` finished trials before it; the proposals
+    are the same as long as the two studies' groups hold the same trials.
     """
+    values = [t["value"] for t in trials]
+    held_values = [h["value"] for h in held] if held else values
+    epochs = [h["epochs"] for h in held] if held else [len(t.get("reports", ())) for t in trials]
     stopped = set(pruned)
     for n, trial in enumerate(trials):
         if n < n_startup or not trial.get("sampled", True):
             continue
-        earlier = sorted(range(n), key=lambda i: trials[i]["value"], reverse=True)
-        if stopped & set(earlier[: tpe_good_count(n)]):
+        k = tpe_good_count(n)
+        if tpe_good_group(held_values[:n], stopped, epochs, k) != tpe_good_group(
+            values[:n], set(), epochs, k
+        ):
             return False
     return True
 
 
-def _pruner(name: str, overrides: list[str] = ()):
+def _settings(overrides: list[str]) -> tuple[Any, int | None, float]:
+    """The pruner, early-stopping patience (None: off) and min_delta of the default study
+    with ``overrides``."""
     from sweep.config import compose
     from sweep.optuna_parts import build_pruner
 
-    cfg = compose("sweep", [f"pruner={name}", *overrides])
-    return build_pruner(cfg.pruner, int(cfg.trainer.max_epochs), 1)
+    cfg = compose("sweep", list(overrides))
+    es = cfg.trainer.early_stopping
+    pruner = build_pruner(cfg.pruner, int(cfg.trainer.max_epochs), 1)
+    return pruner, (int(es.patience) if es.enabled else None), float(es.min_delta)
 
 
 def _tpe_startup() -> int:
@@ -143,20 +209,26 @@ def run(n_trials: int = 20, seeds: tuple[int, ...] = (0, 1, 2, 3, 4)) -> dict[st
         "n_trials": n_trials,
         "seeds": list(seeds),
         "recording_s": time.time() - started,
+        "curves": "no early stopping",  # the template-style search's trials
+        # The default study's early stopping, which the PRUNERS rows use: patience or None.
+        "early_stopping": _settings([])[1],
     }
-    pruners = {name: (name, []) for name in PRUNERS}
-    pruners.update({label: ("percentile_all", o) for label, o in VARIANTS.items()})
+    settings = {name: [f"pruner={name}"] for name in PRUNERS}
+    settings.update(VARIANTS)
     n_startup = _tpe_startup()
-    for label, (name, overrides) in pruners.items():
+    for label, overrides in settings.items():
         per_seed = []
         for trials in searches.values():
-            result = replay(trials, _pruner(name, overrides))
+            pruner, patience, min_delta = _settings(overrides)
+            result = replay(trials, pruner, patience, min_delta)
             full = sum(t["seconds"] for t in trials)
             per_seed.append(
                 {
                     "time_fraction": result["seconds"] / full,
                     "kept_best": result["best"] == max(t["value"] for t in trials),
-                    "tpe_path_kept": tpe_path_kept(trials, result["pruned"], n_startup),
+                    "tpe_path_kept": tpe_path_kept(
+                        trials, result["pruned"], n_startup, result["held"]
+                    ),
                 }
             )
         out[label] = {
