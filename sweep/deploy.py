@@ -536,8 +536,10 @@ def _model_input(frame: Any, spec: _InputSpec, path: Path, first_row: int) -> An
                     f"{path}: column {column!r} must be numeric; data row {row} has "
                     f"{values[bad].iloc[0]!r}"
                 )
-            x[column] = numbers.astype(np.float64)
-        elif kind in ("double", "float") and pd.api.types.is_integer_dtype(values):
+            x[column] = values = numbers.astype(np.float64)
+        if kind in NUMERIC_TYPES and pd.api.types.is_float_dtype(values):
+            _refuse_infinite(values, column, path, first_row)
+        if kind in ("double", "float") and pd.api.types.is_integer_dtype(values):
             x[column] = values.astype(np.float64)  # MLflow refuses int64 -> double itself
         elif kind == "string" and not (
             pd.api.types.is_object_dtype(values) or isinstance(values.dtype, pd.StringDtype)
@@ -548,6 +550,19 @@ def _model_input(frame: Any, spec: _InputSpec, path: Path, first_row: int) -> An
                 .map(lambda v: v if v is None else str(v))
             )
     return x
+
+
+def _refuse_infinite(values: Any, column: str, path: Path, first_row: int) -> None:
+    """A DeployError naming the file's data row of the first infinite value: the model
+    would refuse the chunk with a row counted within it."""
+    import numpy as np
+
+    infinite = np.flatnonzero(np.isinf(values.to_numpy(dtype=np.float64, na_value=np.nan)))
+    if len(infinite):
+        raise DeployError(
+            f"{path}: column {column!r} must be finite; data row "
+            f"{first_row + int(infinite[0]) + 1} has {float(values.iloc[infinite[0]])!r}"
+        )
 
 
 class _ChunkWriter:

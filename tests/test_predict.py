@@ -174,6 +174,9 @@ def bad_inputs(root: Path) -> None:
     garbage = df.astype({"height": object})
     garbage.loc[12, "height"] = "tall"
     garbage.to_csv(root / "garbage.csv", index=False)
+    infinite = df.astype({"height": object})
+    infinite.loc[15, "height"] = "-inf"
+    infinite.to_csv(root / "infinite.csv", index=False)
     (root / "empty.csv").write_text("")
     (root / "header_only.csv").write_text("age,height,color\n")
 
@@ -184,6 +187,8 @@ def bad_inputs(root: Path) -> None:
         (["input=nothere.csv"], ["input: file not found", "nothere.csv"]),
         (["input=no_height.csv"], ["missing column(s) 'height'", "model inputs"]),
         (["input=garbage.csv"], ["column 'height' must be numeric", "data row 13", "'tall'"]),
+        (["input=infinite.csv"], ["column 'height' must be finite", "data row 16", "-inf"]),
+        (["input=infinite.csv", "chunk_size=7"], ["data row 16 has -inf"]),
         (["input=empty.csv"], ["empty"]),
         (["input=header_only.csv"], ["no data rows"]),
         (["input=ok.csv", "output=ok.csv"], ["is the input file"]),
@@ -197,6 +202,8 @@ def bad_inputs(root: Path) -> None:
         "missing-file",
         "missing-column",
         "garbage-value",
+        "infinite-value",
+        "infinite-value-third-chunk",
         "empty-file",
         "header-only",
         "output-is-input",

@@ -278,6 +278,12 @@ def test_missing_values_and_fractions_in_an_int_column(served, local_table_model
             ["height", "True is not a number"],
         ),
         ({"dataframe_split": {"columns": FEATURES, "data": []}}, ["no rows"]),
+        (
+            # What json.dumps writes for float("inf"); imputing it would hide the bad row.
+            '{"dataframe_records": [{"age": 3, "height": 1.5, "color": "black"}, '
+            '{"age": 3, "height": -Infinity, "color": "black"}]}',
+            ["column 'height': row 1 (0-based) is -inf, not a finite number"],
+        ),
     ],
     ids=[
         "missing-column",
@@ -287,6 +293,7 @@ def test_missing_values_and_fractions_in_an_int_column(served, local_table_model
         "overflow",
         "boolean-number",
         "no-rows",
+        "infinite-number",
     ],
 )
 def test_bad_payload_is_a_readable_400_and_the_server_keeps_serving(served, body, needles):

@@ -141,6 +141,33 @@ def test_a_boolean_in_a_numeric_column_is_refused_not_read_as_one():
     assert pre.transform(pd.DataFrame({"n": [None, "2.5"]})).shape == (2, 1)
 
 
+def test_an_infinite_value_is_refused_not_imputed():
+    """A missing number is imputed; an infinite one (a division by zero upstream, or a
+    client's ``Infinity``) would be imputed silently, so prediction names its row."""
+    x = pd.DataFrame({"n": [1.0, 2.0, 3.0, 4.0]})
+    pre = TablePreprocessor(CLASSIFICATION, ["n"]).fit(x, ["a", "b", "a", "b"])
+    cases = (
+        ([1.0, None, -np.inf], r"row 2 \(0-based\) is -inf, not a finite number \(1 such"),
+        (["2", "inf", "Infinity"], r"row 1 \(0-based\) is 'inf', not a finite number \(2 such"),
+    )
+    for column, message in cases:
+        with pytest.raises(ValueError, match=rf"column 'n': {message}"):
+            pre.transform(pd.DataFrame({"n": column}))
+
+
+@pytest.mark.parametrize("value", [np.inf, "-inf"])
+def test_an_infinite_value_in_the_file_is_a_data_error(tmp_path, value):
+    """Named with its column, file and data row (counted before rows without a target are
+    dropped), whichever split the row falls in."""
+    df = frame()
+    df.loc[2, "label"] = None  # dropped: the row numbers still count it
+    df["ratio"] = np.arange(40, dtype=object)
+    df.loc[[9, 30], "ratio"] = value
+    assert_data_error(cfg(write_csv(tmp_path, df)), "'ratio'", "t.csv", "2 infinite", "row 9 ")
+    # Dropped, the column is no longer read.
+    assert load_table(cfg(write_csv(tmp_path, df), drop=["ratio"]), seed=0).x_train.shape[0]
+
+
 def test_statistics_fitted_on_train_only(tmp_path):
     n = 50
     df = pd.DataFrame({"x": np.arange(n, dtype=float), "label": np.linspace(0.5, 99.5, n)})

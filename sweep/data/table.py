@@ -71,7 +71,8 @@ def _non_numeric(values: pd.Series) -> pd.Series:
 
 
 def _to_float(values: pd.Series, column: str) -> np.ndarray:
-    """Numbers as float64 with missing and infinite values as NaN; ValueError names the column."""
+    """Numbers as float64 with missing values as NaN; ValueError names the column, and the
+    row of an infinite value (imputing it would hide the bad row)."""
     if ptypes.is_bool_dtype(values) or ptypes.is_object_dtype(values):
         # pd.to_numeric reads True as 1.0; a numeric column never held one (column_kind).
         flag = next((v for v in values if isinstance(v, bool | np.bool_)), None)
@@ -87,8 +88,31 @@ def _to_float(values: pd.Series, column: str) -> np.ndarray:
         out = np.array(numbers.to_numpy(dtype=np.float64, na_value=np.nan), dtype=np.float64)
     except (TypeError, ValueError) as e:
         raise ValueError(f"column {column!r}: cannot convert to numbers ({_one_line(e)})") from None
-    out[~np.isfinite(out)] = np.nan
+    infinite = np.flatnonzero(np.isinf(out))
+    if len(infinite):
+        raise ValueError(
+            f"column {column!r}: row {infinite[0]} (0-based) is "
+            f"{_py(values.iloc[infinite[0]])!r}, not a finite number "
+            f"({len(infinite)} such row(s) in all); leave it empty to impute it"
+        )
     return out
+
+
+def _refuse_infinite(
+    df: pd.DataFrame, columns: Iterable[str], path: Path, rows: np.ndarray
+) -> None:
+    """DataError for an infinite value in a numeric feature column of the file: a missing
+    value is imputed, but an infinite one is most often a division by zero upstream, and
+    imputing it would hide that. ``rows[i]`` is the file's data row of ``df``'s row ``i``."""
+    for column in columns:
+        numbers = pd.to_numeric(df[column], errors="coerce")
+        infinite = np.flatnonzero(np.isinf(numbers.to_numpy(dtype=np.float64, na_value=np.nan)))
+        if len(infinite):
+            raise DataError(
+                f"column {column!r} in {path} has {len(infinite)} infinite value(s), the "
+                f"first in data row {rows[infinite[0]]} (0-based); blank them to impute "
+                f"them, fix them, or list the column in data.drop"
+            )
 
 
 def _category_keys(values: pd.Series) -> np.ndarray:
@@ -502,6 +526,7 @@ def load_table(cfg: Any, seed: int) -> Dataset:
     if not has_target.any():
         raise DataError(f"data.target: column {target!r} in {path} has no values (all missing)")
     n_missing_target = int((~has_target).sum())
+    file_rows = np.flatnonzero(has_target.to_numpy())
     df = df[has_target].reset_index(drop=True)
     y, task = _target_values(df[target], task, target, path)
 
@@ -510,6 +535,7 @@ def load_table(cfg: Any, seed: int) -> Dataset:
         categorical = [c for c in features if column_kind(df[c], c) == "categorical"]
     except DataError as e:
         raise DataError(f"{path}: {e}") from None
+    _refuse_infinite(df, [c for c in features if c not in categorical], path, file_rows)
 
     tr, va, te = _split(
         y,
