@@ -24,6 +24,13 @@ class SearchSpaceError(SweepError):
     """The search space YAML is invalid."""
 
 
+class TrackingLost(SweepError):
+    """The tracking store (an MLflow server or a database server) stopped answering while
+    runs were being written. The input was fine, so the exit status is 1."""
+
+    exit_code = 1
+
+
 class NonFiniteLossError(SweepError, RuntimeError):
     """Training diverged: a loss became NaN or infinite.
 

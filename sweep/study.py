@@ -24,7 +24,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from sweep import config as config_mod
-from sweep.errors import ConfigError, SweepError
+from sweep.errors import ConfigError, SweepError, TrackingLost
 from sweep.space import (
     Param,
     base_points,
@@ -642,7 +642,7 @@ class Objective:
     def __call__(self, trial) -> float | list[float]:
         import optuna
 
-        from sweep.tracking import release_interrupted
+        from sweep import tracking
 
         trial.set_user_attr("worker", f"{platform.node()}:{os.getpid()}")
         try:
@@ -652,15 +652,29 @@ class Objective:
         except BaseException as exc:
             error = _one_line(exc)
             if isinstance(exc, KeyboardInterrupt | SystemExit):
-                release_interrupted(exc)
+                tracking.release_interrupted(exc)
                 error = f"interrupted ({error})"
+            elif (lost := tracking.store_lost(exc)) is not None:
+                error = lost
+                self._stop_for_lost_store(trial)
             trial.set_user_attr("error", error)
-            if "mlflow_run_id" not in trial.user_attrs:
-                self._record_early_failure(trial)  # failed before its run existed
-            _tag_run(trial, "FAIL", {"trial.error": error})
+            with tracking.closing_write():
+                if "mlflow_run_id" not in trial.user_attrs:
+                    self._record_early_failure(trial)  # failed before its run existed
+                _tag_run(trial, "FAIL", {"trial.error": error})
             raise
         finally:
             self.on_trial_start()  # when sampling failed
+
+    def _stop_for_lost_store(self, trial) -> None:
+        """Stop the study after this trial, whose point is enqueued to run again first when
+        the study resumes: without the store no trial can be recorded, and each would wait
+        out MLflow's retries (minutes) before failing the same way. optimize() then raises
+        TrackingLost."""
+        from sweep.workers import retry_trial
+
+        retry_trial(trial.study, trial, "the tracking store stopped answering")
+        trial.study.stop()
 
     def _record_early_failure(self, trial) -> None:
         """A FAILED child run for a trial that failed before training started, so that
@@ -847,14 +861,24 @@ class ParentRunLogger:
     def __call__(self, study, trial) -> None:
         from mlflow.tracking import MlflowClient
 
+        from sweep.tracking import store_lost
+
+        if store_lost() is not None:
+            return  # the study stops after this trial (Objective._stop_for_lost_store)
         client = MlflowClient()
-        if self.multi_objective:
-            client.log_metric(
-                self.parent_run_id, "pareto_size", len(study.best_trials), step=trial.number
-            )
-            return
-        with contextlib.suppress(ValueError):  # no completed trial yet
-            client.log_metric(self.parent_run_id, "best_value", study.best_value, step=trial.number)
+        try:
+            if self.multi_objective:
+                client.log_metric(
+                    self.parent_run_id, "pareto_size", len(study.best_trials), step=trial.number
+                )
+                return
+            with contextlib.suppress(ValueError):  # no completed trial yet
+                best = study.best_value
+                client.log_metric(self.parent_run_id, "best_value", best, step=trial.number)
+        except Exception as exc:
+            if store_lost(exc) is None:
+                raise
+            study.stop()  # optimize() then raises TrackingLost
 
 
 # -- running trials ------------------------------------------------------------------------------
@@ -864,6 +888,7 @@ def optimize(study, spec: StudySpec, parent_run_id: str, progress=None) -> StopO
     import torch
 
     from sweep.budget import TrialBudget, make_lock
+    from sweep.tracking import store_lost
 
     threads = torch.get_num_threads()
     torch.set_num_threads(spec.threads)
@@ -886,10 +911,23 @@ def optimize(study, spec: StudySpec, parent_run_id: str, progress=None) -> StopO
             )
         if objective.interrupted:  # its trial was recorded whole: now the interruption
             raise KeyboardInterrupt(f"signal {objective.interrupted[0]}")
+        if store_lost() is not None:
+            raise lost_store_error(study, spec)
     finally:
         budget.release()
         torch.set_num_threads(threads)  # the champion's re-runs have this process's cores
     return failures
+
+
+def lost_store_error(study, spec: StudySpec) -> TrackingLost:
+    """The one-line error of a study stopped because its tracking store stopped answering."""
+    from sweep.tracking import store_lost
+
+    return TrackingLost(
+        f"{store_lost()}; study '{spec.name}' stopped: its {count_finished(study)} finished "
+        "trials are kept, and the same command with the store back resumes it, first with "
+        "the points of the trials cut short"
+    )
 
 
 def warm_up(spec: StudySpec) -> None:
@@ -936,6 +974,10 @@ def tune(overrides: list[str], progress: bool = True) -> dict[str, Any]:
         summary = finish(study, spec, parent_run_id)
         status = "FINISHED"
         return summary
+    except Exception as exc:
+        if isinstance(exc, TrackingLost) or tracking.store_lost(exc) is None:
+            raise
+        raise lost_store_error(study, spec) from exc  # e.g. while picking the champion
     except (KeyboardInterrupt, SystemExit) as exc:
         status = "KILLED"
         from sweep.workers import retry_interrupted
@@ -945,7 +987,8 @@ def tune(overrides: list[str], progress: bool = True) -> dict[str, Any]:
         raise
     finally:
         release_workers(waiting, go=False)  # those still waiting, if it failed before
-        tracking.set_terminated(parent_run_id, status)
+        with tracking.closing_write():
+            tracking.set_terminated(parent_run_id, status)
         tracking.checkpoint_stores()  # mlflow.db alone holds the whole study
 
 

@@ -67,6 +67,8 @@ def setup(
         else ("tracking.uri")
     )
     check_reachable(resolved, key, must_exist=must_exist, answer=answer)
+    if answer:
+        _LOST.clear()  # it answers (again)
     database = sqlite_path(resolved)
     if database is not None:
         write_ahead_log(database)
@@ -155,6 +157,64 @@ def check_server(uri: str, timeout: float = 5.0, key: str = "tracking.uri") -> N
         if isinstance(reason, ssl.SSLError):
             return  # it answered
         raise ConfigError(f"{key}={redact(uri)}: no MLflow server answers ({reason})") from None
+
+
+_LOST: list[str] = []  # why the tracking store stopped answering (see store_lost)
+#: MLflow's own settings for a call tried once, briefly (read by its client per request).
+FAIL_FAST_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+
+
+def store_lost(failure: BaseException | None = None) -> str | None:
+    """Why the tracking store no longer answers, or None while it is not known lost.
+
+    With ``failure`` (a tracking call, or what contains one, just failed) a store on a
+    server, MLflow's or a database's, is probed once, in seconds; a local sqlite store is
+    never lost. Lost stays lost in this process until :func:`setup` finds the store
+    answering: every later call would first wait out MLflow's retries (about four
+    minutes for a server) to fail the same way."""
+    import mlflow
+
+    from sweep.errors import ConfigError, TrackingLost
+
+    if _LOST or failure is None:
+        return _LOST[0] if _LOST else None
+    if isinstance(failure, TrackingLost):
+        _LOST.append(str(failure))
+        _USABLE.clear()
+        return _LOST[0]
+    uri = mlflow.get_tracking_uri()
+    scheme = uri.split("://", 1)[0].lower().split("+", 1)[0]
+    try:
+        if scheme in ("http", "https"):
+            check_server(uri)
+        elif scheme in DATABASE_SERVERS:
+            _check_database_server(uri, "tracking.uri", timeout=5.0)
+    except ConfigError as exc:
+        _LOST.append(str(exc))
+    if _LOST:
+        _USABLE.clear()  # so that setup() asks the store again
+    return _LOST[0] if _LOST else None
+
+
+@contextlib.contextmanager
+def closing_write() -> Iterator[None]:
+    """Around a write that closes a record (a run's end, its state tag): once the store is
+    lost, tried once, briefly, and a failure ignored, so that stopping takes seconds, not
+    minutes of MLflow's retries per write (it lands if the server is back); else as is."""
+    if not _LOST:
+        yield
+        return
+    saved = {key: os.environ.get(key) for key in FAIL_FAST_ENV}
+    os.environ.update(FAIL_FAST_ENV)
+    try:
+        with contextlib.suppress(Exception):
+            yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def probe_database(url: str, timeout: float = 5.0) -> None:
@@ -507,6 +567,8 @@ def open_run(
     """
     import mlflow
 
+    from sweep.errors import TrackingLost
+
     experiment_id = ensure_experiment(experiment)
     # An exported MLFLOW_RUN_ID would override the parent (mlflow #15713).
     os.environ.pop("MLFLOW_RUN_ID", None)
@@ -529,17 +591,23 @@ def open_run(
         status = "KILLED"
         release_interrupted(exc)
         _tag_error(recorder, f"interrupted ({type(exc).__name__})")
+        store_lost(exc)  # then the run is closed in seconds, or left to the resume
         raise
     except BaseException as exc:
         status = "FAILED"
         _tag_error(recorder, one_line(exc))
+        lost = store_lost(exc)
+        if lost is not None and not isinstance(exc, TrackingLost):
+            raise TrackingLost(f"{lost}: a run could not be written") from exc
         raise
     finally:
         if recorder is not None:  # else start_run failed: no run of ours to end
             if status != "FINISHED":
-                with contextlib.suppress(Exception):  # the error tag, and what was buffered
+                # The error tag, and what was buffered.
+                with contextlib.suppress(Exception), closing_write():
                     recorder.flush()
-            _end_active_run(recorder.run_id, status)
+            with closing_write():
+                _end_active_run(recorder.run_id, status)
             checkpoint_stores()
 
 

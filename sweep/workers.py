@@ -127,6 +127,10 @@ def close_orphan_runs(study, checked: set[int] | None = None) -> list[str]:
     from mlflow.tracking import MlflowClient
     from optuna.trial import TrialState
 
+    from sweep.tracking import store_lost
+
+    if store_lost() is not None:
+        return []  # closed when the study resumes with the store back
     client = MlflowClient()
     closed = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):

@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import free_port
 from test_compare import STUDY_A, STUDY_B, TinyStore, tiny_store
 from test_report import listening_hosts, make_target, stop_group, wait_for_listener
 
@@ -263,12 +263,6 @@ def test_error_check_detects_errors(chrome: Chrome, tmp_path: Path) -> None:
 
 
 # -- the MLflow UI --------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _api(base: str, path: str, body: dict | None = None) -> dict[str, Any]:
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(
@@ -281,7 +275,7 @@ def _api(base: str, path: str, body: dict | None = None) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def mlflow_server(store: TinyStore) -> Iterator[str]:
     """`make ui` on a free loopback port over the tiny store; its base URL."""
-    port = _free_port()
+    port = free_port()
     proc = make_target("ui", store.root, store.uri, PORT=str(port))
     try:
         wait_for_listener(proc, port, "/health", timeout=120)

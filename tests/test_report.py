@@ -16,7 +16,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import cli_env
+from conftest import cli_env, free_port
 from test_compare import ROOT, STUDY_A, STUDY_B, TinyStore, tiny_store
 
 # One test process builds the shared tiny store (tiny_store) and runs every test on it.
@@ -203,7 +203,7 @@ def test_report_without_its_tracking_server_is_quick_and_still_drawn(
     from sweep.report import build_report
 
     monkeypatch.chdir(store.root)
-    dead = f"http://127.0.0.1:{_free_port()}"
+    dead = f"http://127.0.0.1:{free_port()}"
     previous = mlflow.get_tracking_uri()
     started = time.monotonic()
     try:
@@ -313,12 +313,6 @@ def test_reading_a_study_where_there_is_no_storage_creates_none(
     assert list(tmp_path.iterdir()) == []
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 # -- make targets, run as a user runs them ------------------------------------------------------
 def make_target(target: str, cwd: Path, uri: str | None, **variables: str) -> subprocess.Popen:
     """Start ``make TARGET VAR=value ...`` with the project's Makefile in ``cwd``.
@@ -391,7 +385,7 @@ def test_make_optuna_dashboard_serves_the_journal_storage_on_loopback(store: Tin
     """`make optuna-dashboard`: sweep optuna-dashboard on 127.0.0.1 over our journal file."""
     if not Path("/proc/net/tcp").exists():
         pytest.skip("the loopback check reads Linux's /proc/net/tcp")
-    port = _free_port()
+    port = free_port()
     proc = make_target("optuna-dashboard", store.root, store.uri, DASHBOARD_PORT=str(port))
     try:
         studies = json.loads(wait_for_listener(proc, port, "/api/studies", timeout=60))

@@ -4,9 +4,15 @@ created or left RUNNING on the way."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from conftest import free_port, wait_http
 
 from sweep import cli
 
@@ -203,3 +209,136 @@ def test_the_server_check_leaves_the_uris_credentials_to_mlflow() -> None:
     with pytest.raises(ConfigError, match="refused") as error:
         check_server("http://user:secret@127.0.0.1:1")
     assert "secret" not in str(error.value)
+
+
+# -- a tracking server that stops answering mid-study --------------------------------------------
+def _mlflow_server(tmp_path: Path, port: int) -> subprocess.Popen:
+    """MLflow's own server over an sqlite store in ``tmp_path``, answering on ``port``."""
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "mlflow", "server"),
+            *("--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}"),
+            *("--artifacts-destination", str(tmp_path / "artifacts")),
+            *("--host", "127.0.0.1", "--port", str(port), "--workers", "1"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its request-handling processes go down with it
+    )
+    wait_http(f"http://127.0.0.1:{port}/health")
+    return proc
+
+
+def _stop(server: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(server.pid, signal.SIGKILL)
+    server.wait(timeout=30)
+
+
+@pytest.mark.e2e
+def test_a_tracking_server_gone_mid_trial_stops_the_study_and_the_rerun_finishes_it(
+    tmp_path, monkeypatch
+) -> None:
+    """The trial that finds the server gone fails at once (not after minutes of MLflow's
+    retries, write after write) and the study stops with one line; Optuna keeps the
+    finished trials and no RUNNING one, the failed point is enqueued, and the same
+    command with the server back finishes the study and closes the orphaned run."""
+    import optuna
+    from mlflow.tracking import MlflowClient
+
+    from sweep import train
+    from sweep.check import load_study
+    from sweep.errors import TrackingLost
+    from sweep.study import tune
+
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    # MLflow's own retry of a failed request, shortened: what follows them is under test.
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0")
+    overrides = [*TINY, "tracking=server", "study.name=gone", "study.n_trials=4"]
+    overrides += ["tracking.log_model=false", "study.seed=0"]
+    server = _mlflow_server(tmp_path, port)
+    real_run, calls = train.run, []
+
+    def run_losing_the_server_in_the_third_trial(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            on_start = kwargs["on_start"]
+            kwargs["on_start"] = lambda run_id: (on_start(run_id), _stop(server))
+        return real_run(*args, **kwargs)
+
+    monkeypatch.setattr(train, "run", run_losing_the_server_in_the_third_trial)
+    try:
+        with pytest.raises(TrackingLost) as lost:
+            tune(overrides, progress=False)
+        message = str(lost.value)
+        assert "\n" not in message
+        assert message.startswith(f"tracking.uri={uri}: no MLflow server answers")
+        assert "study 'gone' stopped: its 2 finished trials are kept, and the same " in message
+        study, _ = load_study(overrides)
+        states = [t.state.name for t in study.trials]
+        assert states == ["COMPLETE", "COMPLETE", "FAIL", "WAITING"], states
+        failed, again = study.trials[2], study.trials[3]
+        assert "no MLflow server answers" in failed.user_attrs["error"]
+        assert again.system_attrs["fixed_params"] == failed.params
+        assert again.user_attrs["retry_of"] == 2
+        orphan = failed.user_attrs["mlflow_run_id"]  # created before the server went
+
+        monkeypatch.setattr(train, "run", real_run)
+        server = _mlflow_server(tmp_path, port)
+        tune(overrides, progress=False)
+        study, _ = load_study(overrides)
+        assert [t.state for t in study.trials].count(optuna.trial.TrialState.COMPLETE) == 4
+        assert study.trials[3].state == optuna.trial.TrialState.COMPLETE
+        client = MlflowClient(uri)
+        runs = client.search_runs([client.get_experiment_by_name("gone").experiment_id])
+        assert not [r.info.run_id for r in runs if r.info.status == "RUNNING"]
+        closed = client.get_run(orphan)
+        assert closed.info.status == "KILLED"
+        assert "no MLflow server answers" in closed.data.tags["error"]
+    finally:
+        if server.poll() is None:
+            _stop(server)
+
+
+def test_writes_closing_a_record_after_the_store_is_lost_are_tried_once_and_let_go(
+    monkeypatch,
+) -> None:
+    from sweep import tracking
+
+    monkeypatch.setattr(tracking, "_LOST", [])
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "7")
+    with pytest.raises(RuntimeError), tracking.closing_write():
+        raise RuntimeError("not lost: raised as ever")
+    tracking._LOST.append("tracking.uri=http://x: no MLflow server answers")
+    with tracking.closing_write():
+        assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "0"
+        raise RuntimeError("lost: let go")
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "7"
+
+
+@pytest.mark.parametrize(
+    ("dead", "message"),
+    [
+        ("http://127.0.0.1:{port}", "no MLflow server answers"),
+        ("postgresql://postgres@127.0.0.1:{port}/mlflow", "cannot connect to the store's database"),
+    ],
+)
+def test_a_store_is_lost_only_when_it_no_longer_answers(tracked, monkeypatch, dead, message):
+    import mlflow
+
+    from sweep import tracking
+
+    monkeypatch.setattr(tracking, "_LOST", [])
+    failure = RuntimeError("a write failed")
+    assert tracking.store_lost(failure) is None  # sqlite: a file, never lost
+    dead = dead.format(port=free_port())
+    mlflow.set_tracking_uri(dead)
+    assert tracking.store_lost() is None  # no failure: nothing asked
+    assert f"tracking.uri={dead}: {message}" in tracking.store_lost(failure)
+    assert tracking.store_lost() == tracking.store_lost(failure)  # lost stays lost
+    tracking.setup(tracked)  # ...until the store answers again
+    assert tracking.store_lost() is None

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import cli_env, count_runs, run_cli, start_cli
+from conftest import cli_env, count_runs, free_port, run_cli, start_cli, wait_http
 
 pytestmark = pytest.mark.e2e
 
@@ -536,34 +536,12 @@ def test_a_champion_rerun_a_sigkilled_tune_left_running_is_listed_and_closed(tra
     assert closed.info.status == "KILLED" and "died" in closed.data.tags["error"]
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_http(url: str, timeout: float = 90.0) -> None:
-    import urllib.request
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise AssertionError(f"{url} did not answer within {timeout} s")
-
-
 @pytest.mark.postgres
 def test_multi_machine_recipe_tracking_server_postgres_and_a_joining_worker(tmp_path, postgres_url):
     """The README recipe: tracking server on PostgreSQL, a coordinator, a second worker
     joining by study name, `sweep check` clean - every process talks over the network."""
     backend = postgres_url.rsplit("/", 1)[0] + f"/{postgres_url.rsplit('/', 1)[1]}_mlflow"
-    port = _free_port()
+    port = free_port()
     uri = f"http://127.0.0.1:{port}"
     server = _start(
         [
@@ -590,7 +568,7 @@ def test_multi_machine_recipe_tracking_server_postgres_and_a_joining_worker(tmp_
         "champion.seeds=1",
     ]
     try:
-        _wait_http(f"{uri}/health")
+        wait_http(f"{uri}/health")
         coordinator = _start(["tune", *overrides], tmp_path, uri)
         _wait_for_running_trial("multi", overrides[6:9], coordinator)
         # The joining machine runs `sweep worker study.n_workers=2`: two worker processes.
