@@ -31,6 +31,13 @@ class TrackingLost(SweepError):
     exit_code = 1
 
 
+class StorageLost(SweepError):
+    """The database server of the Optuna storage stopped answering during a study. The
+    input was fine, so the exit status is 1."""
+
+    exit_code = 1
+
+
 class NonFiniteLossError(SweepError, RuntimeError):
     """Training diverged: a loss became NaN or infinite.
 

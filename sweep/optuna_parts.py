@@ -303,6 +303,7 @@ def build_storage(url: str, heartbeat_interval: int | None = None, grace_period:
     if url.startswith("postgresql"):
         kwargs["engine_kwargs"] = {"pool_pre_ping": True}  # optuna #5600
     if heartbeat_interval:
+        quiet_heartbeat_failures()
         kwargs.update(heartbeat_interval=heartbeat_interval, grace_period=grace_period)
         kwargs["heartbeat_stale_trial_callback"] = optuna.storages.RetryHeartbeatStaleTrialCallback(
             max_retry=3
@@ -311,6 +312,32 @@ def build_storage(url: str, heartbeat_interval: int | None = None, grace_period:
         return RDBStorage(url, **kwargs)
     except Exception as exc:
         raise _unreachable(url, exc) from None
+
+
+def quiet_heartbeat_failures() -> None:
+    """A heartbeat that Optuna's thread cannot write (the database went away) is one line
+    on stderr, not that thread's traceback: the trial's own failure, and the study's
+    one-line error, say the rest. Other threads' failures print as before."""
+    import sys
+    import threading
+    import traceback
+
+    if getattr(threading.excepthook, "quiet_heartbeats", False):
+        return
+    default = threading.excepthook
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        frames = traceback.extract_tb(args.exc_traceback)
+        if not any(frame.name == "_record_heartbeat" for frame in frames):
+            default(args)
+            return
+        from sweep.tracking import one_line
+
+        error = one_line(args.exc_value) if args.exc_value else args.exc_type.__name__
+        print(f"warning: Optuna could not record a trial's heartbeat: {error}", file=sys.stderr)
+
+    hook.quiet_heartbeats = True  # type: ignore[attr-defined]
+    threading.excepthook = hook
 
 
 def check_server_storage(url: str) -> None:
@@ -328,6 +355,20 @@ def check_server_storage(url: str) -> None:
         probe_database(url)
     except Exception as exc:
         raise _unreachable(url, exc) from None
+
+
+def storage_lost(url: str) -> str | None:
+    """Why a storage on a database server no longer answers, after a storage call failed
+    (one connection, in seconds), or None: it answers, or it is a local file."""
+    if url.startswith(("journal:", "sqlite:")):
+        return None
+    from sweep.tracking import probe_database
+
+    try:
+        probe_database(url)
+    except Exception as exc:
+        return str(_unreachable(url, exc))
+    return None
 
 
 def _check_storage_file(url: str) -> None:

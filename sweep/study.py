@@ -24,7 +24,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from sweep import config as config_mod
-from sweep.errors import ConfigError, SweepError, TrackingLost
+from sweep.errors import ConfigError, StorageLost, SweepError, TrackingLost
 from sweep.space import (
     Param,
     base_points,
@@ -913,10 +913,35 @@ def optimize(study, spec: StudySpec, parent_run_id: str, progress=None) -> StopO
             raise KeyboardInterrupt(f"signal {objective.interrupted[0]}")
         if store_lost() is not None:
             raise lost_store_error(study, spec)
+    except Exception as exc:
+        if (lost := lost_server_error(study, spec, exc)) is None:
+            raise
+        raise lost from exc
     finally:
         budget.release()
         torch.set_num_threads(threads)  # the champion's re-runs have this process's cores
     return failures
+
+
+def lost_server_error(study, spec: StudySpec, failure: BaseException) -> SweepError | None:
+    """The one-line error for ``failure`` when it came from a server that stopped
+    answering: the tracking store's (TrackingLost) or the Optuna storage's database
+    (StorageLost, whose trial in progress stays RUNNING there until the study resumes:
+    :func:`sweep.workers.recover` fails and retries it); else None."""
+    from sweep import tracking
+    from sweep.optuna_parts import storage_lost
+
+    if isinstance(failure, SweepError) or not isinstance(failure, Exception):
+        return None
+    if tracking.store_lost(failure) is not None:
+        return lost_store_error(study, spec)
+    lost = storage_lost(spec.storage_url)
+    if lost is None:
+        return None
+    return StorageLost(
+        f"{lost}; study '{spec.name}' stopped: its finished trials are kept there, and the "
+        "same command with the database back resumes it, first with the trials cut short"
+    )
 
 
 def lost_store_error(study, spec: StudySpec) -> TrackingLost:
@@ -975,9 +1000,9 @@ def tune(overrides: list[str], progress: bool = True) -> dict[str, Any]:
         status = "FINISHED"
         return summary
     except Exception as exc:
-        if isinstance(exc, TrackingLost) or tracking.store_lost(exc) is None:
+        if (lost := lost_server_error(study, spec, exc)) is None:
             raise
-        raise lost_store_error(study, spec) from exc  # e.g. while picking the champion
+        raise lost from exc  # e.g. while picking the champion
     except (KeyboardInterrupt, SystemExit) as exc:
         status = "KILLED"
         from sweep.workers import retry_interrupted

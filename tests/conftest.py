@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sqlite3
@@ -217,3 +218,69 @@ def postgres_url():
         )
         cur.execute(f'DROP DATABASE IF EXISTS "{db}"')
     admin.close()
+
+
+class TcpProxy:
+    """Forwards connections to ``127.0.0.1:port`` to ``target`` (host, port), for a server
+    that goes away: :meth:`cut` closes every connection and refuses new ones (as a
+    stopped server does), :meth:`restore` listens on the same port again."""
+
+    def __init__(self, target: tuple[str, int], port: int = 0):
+        import threading
+
+        self.target = target
+        self.port = port
+        self._lock = threading.Lock()
+        self._sockets: list = []
+        self._listener = None
+        self.restore()
+
+    def restore(self) -> None:
+        import socket
+        import threading
+
+        listener = socket.create_server(("127.0.0.1", self.port), reuse_port=False)
+        self.port = listener.getsockname()[1]
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def cut(self) -> None:
+        import socket
+
+        with self._lock:
+            listener, self._listener = self._listener, None
+            sockets, self._sockets = self._sockets, []
+        for sock in [s for s in (listener, *sockets) if s is not None]:  # None: cut already
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    def _accept(self, listener) -> None:
+        import socket
+        import threading
+
+        while True:
+            try:
+                client, _ = listener.accept()
+                upstream = socket.create_connection(self.target)
+            except OSError:
+                return  # cut
+            with self._lock:
+                if self._listener is not listener:
+                    client.close()
+                    upstream.close()
+                    return
+                self._sockets += [client, upstream]
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pump(source, sink) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                sink.close()

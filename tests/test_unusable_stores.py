@@ -9,10 +9,11 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
-from conftest import free_port, wait_http
+from conftest import TcpProxy, finish_cli, free_port, start_cli, wait_http
 
 from sweep import cli
 
@@ -342,3 +343,96 @@ def test_a_store_is_lost_only_when_it_no_longer_answers(tracked, monkeypatch, de
     assert tracking.store_lost() == tracking.store_lost(failure)  # lost stays lost
     tracking.setup(tracked)  # ...until the store answers again
     assert tracking.store_lost() is None
+
+
+@pytest.mark.postgres
+@pytest.mark.e2e
+def test_a_storage_database_gone_mid_study_is_one_line_and_the_rerun_finishes_it(
+    tracked, tmp_path, postgres_url
+) -> None:
+    """The PostgreSQL storage, reached through a proxy that is then cut: the study stops
+    with one line (exit 1; Optuna alone printed screens of tracebacks), its MLflow runs
+    closed; the same command with the database back fails the trial left RUNNING,
+    retries its point, and finishes the study."""
+    import urllib.parse
+
+    import optuna
+    import psycopg
+    from mlflow.tracking import MlflowClient
+
+    from sweep.study import tune
+
+    address = urllib.parse.urlsplit(postgres_url)
+    proxy = TcpProxy((address.hostname, address.port or 5432))
+    via_proxy = postgres_url.replace(address.netloc, f"{address.username}@127.0.0.1:{proxy.port}")
+    overrides = [*TINY, "storage=postgres", f"storage.url={via_proxy}", "study.name=cut"]
+    overrides += ["study.n_trials=6", "tracking.log_model=false", "trainer.max_epochs=6"]
+
+    def finished() -> int:
+        query = "SELECT count(*) FROM trials WHERE state = 'COMPLETE'"
+        # Not through the proxy; no table yet before the study is created.
+        with psycopg.connect(postgres_url) as db, contextlib.suppress(psycopg.Error):
+            return db.execute(query).fetchone()[0]
+        return 0
+
+    proc = start_cli("tune", *overrides, cwd=tmp_path, uri=tracked)
+    try:
+        while finished() < 2 and proc.poll() is None:
+            time.sleep(0.1)
+        proxy.cut()
+        result = finish_cli(proc)
+    finally:
+        proxy.cut()
+        if proc.poll() is None:
+            proc.kill()
+    assert result.returncode == 1, result.stderr[-3000:]
+    [line] = result.stderr.strip().splitlines()[-1:]
+    assert line.startswith(f"error: storage.url={via_proxy}: cannot open Optuna storage: ")
+    assert "study 'cut' stopped: its finished trials are kept there" in line
+    assert "Traceback" not in result.stderr
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("cut")
+    runs = client.search_runs([experiment.experiment_id])
+    assert "RUNNING" not in {r.info.status for r in runs}
+
+    proxy.restore()
+    try:
+        tune(overrides, progress=False)
+    finally:
+        proxy.cut()
+    study = optuna.load_study(study_name="cut", storage=postgres_url)
+    states = [t.state.name for t in study.trials]
+    assert states.count("COMPLETE") + states.count("PRUNED") == 6, states
+    assert "RUNNING" not in states
+    retried = {t.user_attrs.get("retry_of") for t in study.trials}
+    assert all(t.number in retried for t in study.trials if t.state.name == "FAIL")
+    runs = client.search_runs([experiment.experiment_id])
+    assert "RUNNING" not in {r.info.status for r in runs}
+
+
+def test_a_heartbeat_optuna_cannot_write_is_one_line_not_a_threads_traceback(monkeypatch, capsys):
+    import threading
+
+    from sweep.optuna_parts import quiet_heartbeat_failures
+
+    others: list[BaseException] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: others.append(args.exc_value))
+    quiet_heartbeat_failures()
+    quiet_heartbeat_failures()  # once is enough: not wrapped twice
+
+    def _record_heartbeat() -> None:  # the name of Optuna's heartbeat thread's function
+        raise ConnectionError("connection refused\n\tIs the server running?")
+
+    def elsewhere() -> None:
+        raise ValueError("a bug elsewhere")
+
+    for target in (_record_heartbeat, elsewhere):
+        thread = threading.Thread(target=target)
+        thread.start()
+        thread.join()
+    err = capsys.readouterr().err
+    assert err == (
+        "warning: Optuna could not record a trial's heartbeat: "
+        "ConnectionError: connection refused\n"
+    )
+    assert [str(e) for e in others] == ["a bug elsewhere"]  # as before
