@@ -38,6 +38,13 @@ class StorageLost(SweepError):
     exit_code = 1
 
 
+class DiskFull(SweepError):
+    """A disk the study writes to (its storage, MLflow's store or artifacts) is full. The
+    input was fine, so the exit status is 1."""
+
+    exit_code = 1
+
+
 class NonFiniteLossError(SweepError, RuntimeError):
     """Training diverged: a loss became NaN or infinite.
 

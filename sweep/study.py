@@ -24,7 +24,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from sweep import config as config_mod
-from sweep.errors import ConfigError, StorageLost, SweepError, TrackingLost
+from sweep.errors import ConfigError, DiskFull, StorageLost, SweepError, TrackingLost
 from sweep.space import (
     Param,
     base_points,
@@ -638,6 +638,9 @@ class Objective:
         # Signals that came while a finished trial's result was being recorded: the trial
         # is kept, the study stops after it, and optimize() then raises KeyboardInterrupt.
         self.interrupted: list[int] = []
+        # The failure of a trial that found the study unable to go on (the tracking store
+        # gone, a full disk): the study stops after it; optimize() then raises its error.
+        self.stopped_by: BaseException | None = None
 
     def __call__(self, trial) -> float | list[float]:
         import optuna
@@ -654,9 +657,9 @@ class Objective:
             if isinstance(exc, KeyboardInterrupt | SystemExit):
                 tracking.release_interrupted(exc)
                 error = f"interrupted ({error})"
-            elif (lost := tracking.store_lost(exc)) is not None:
+            elif (lost := tracking.store_lost(exc) or disk_full(exc)) is not None:
                 error = lost
-                self._stop_for_lost_store(trial)
+                self._stop_for(trial, exc)
             trial.set_user_attr("error", error)
             with tracking.closing_write():
                 if "mlflow_run_id" not in trial.user_attrs:
@@ -666,15 +669,17 @@ class Objective:
         finally:
             self.on_trial_start()  # when sampling failed
 
-    def _stop_for_lost_store(self, trial) -> None:
+    def _stop_for(self, trial, failure: BaseException) -> None:
         """Stop the study after this trial, whose point is enqueued to run again first when
-        the study resumes: without the store no trial can be recorded, and each would wait
-        out MLflow's retries (minutes) before failing the same way. optimize() then raises
-        TrackingLost."""
+        the study resumes: without the tracking store or disk space no trial can be
+        recorded, and each would fail the same way (after minutes of MLflow's retries, for
+        a store). optimize() then raises the error of ``failure``."""
         from sweep.workers import retry_trial
 
-        retry_trial(trial.study, trial, "the tracking store stopped answering")
+        self.stopped_by = failure
         trial.study.stop()
+        with contextlib.suppress(Exception):  # a full disk may hold the storage too: then
+            retry_trial(trial.study, trial, _one_line(failure))  # the resume retries it
 
     def _record_early_failure(self, trial) -> None:
         """A FAILED child run for a trial that failed before training started, so that
@@ -911,10 +916,13 @@ def optimize(study, spec: StudySpec, parent_run_id: str, progress=None) -> StopO
             )
         if objective.interrupted:  # its trial was recorded whole: now the interruption
             raise KeyboardInterrupt(f"signal {objective.interrupted[0]}")
-        if store_lost() is not None:
+        stopped = objective.stopped_by
+        if stopped is not None and (error := stopped_study_error(study, spec, stopped)):
+            raise error
+        if store_lost() is not None:  # found by ParentRunLogger, between trials
             raise lost_store_error(study, spec)
     except Exception as exc:
-        if (lost := lost_server_error(study, spec, exc)) is None:
+        if (lost := stopped_study_error(study, spec, exc)) is None:
             raise
         raise lost from exc
     finally:
@@ -923,16 +931,22 @@ def optimize(study, spec: StudySpec, parent_run_id: str, progress=None) -> StopO
     return failures
 
 
-def lost_server_error(study, spec: StudySpec, failure: BaseException) -> SweepError | None:
-    """The one-line error for ``failure`` when it came from a server that stopped
-    answering: the tracking store's (TrackingLost) or the Optuna storage's database
-    (StorageLost, whose trial in progress stays RUNNING there until the study resumes:
-    :func:`sweep.workers.recover` fails and retries it); else None."""
+def stopped_study_error(study, spec: StudySpec, failure: BaseException) -> SweepError | None:
+    """The one-line error for ``failure`` when the study had to stop for what it needs
+    from outside: a full disk (DiskFull), a tracking store that stopped answering
+    (TrackingLost) or the Optuna storage's database (StorageLost). A trial in progress may
+    be left RUNNING in the storage then, until the study resumes:
+    :func:`sweep.workers.recover` fails it and retries its point. Else None."""
     from sweep import tracking
     from sweep.optuna_parts import storage_lost
 
     if isinstance(failure, SweepError) or not isinstance(failure, Exception):
         return None
+    if (full := disk_full(failure)) is not None:
+        return DiskFull(
+            f"{full}; study '{spec.name}' stopped: its finished trials are kept, and the "
+            "same command, once there is space, resumes it, first with the trials cut short"
+        )
     if tracking.store_lost(failure) is not None:
         return lost_store_error(study, spec)
     lost = storage_lost(spec.storage_url)
@@ -942,6 +956,25 @@ def lost_server_error(study, spec: StudySpec, failure: BaseException) -> SweepEr
         f"{lost}; study '{spec.name}' stopped: its finished trials are kept there, and the "
         "same command with the database back resumes it, first with the trials cut short"
     )
+
+
+def disk_full(failure: BaseException) -> str | None:
+    """What ran out of space, when ``failure`` or an error it came from is a full disk
+    (or quota): an OSError of the file system, or sqlite's own "database or disk is
+    full"; else None."""
+    import errno
+
+    seen: set[int] = set()
+    error: BaseException | None = failure
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            where = f" writing {error.filename}" if error.filename else ""
+            return f"no space left on the device{where}"
+        if "database or disk is full" in str(error):
+            return "no space left on the device of the sqlite store (database or disk is full)"
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def lost_store_error(study, spec: StudySpec) -> TrackingLost:
@@ -1000,7 +1033,7 @@ def tune(overrides: list[str], progress: bool = True) -> dict[str, Any]:
         status = "FINISHED"
         return summary
     except Exception as exc:
-        if (lost := lost_server_error(study, spec, exc)) is None:
+        if (lost := stopped_study_error(study, spec, exc)) is None:
             raise
         raise lost from exc  # e.g. while picking the champion
     except (KeyboardInterrupt, SystemExit) as exc:

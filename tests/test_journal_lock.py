@@ -122,3 +122,64 @@ def test_only_trial_state_changes_are_fsynced_and_everything_reads_back(
     assert again.state.name == "COMPLETE" and again.value == 0.5
     assert again.intermediate_values == {s: 1.0 / (s + 1) for s in range(30)}
     assert again.params.keys() == {"lr"} and again.user_attrs == {"run_id": "abc"}
+
+
+WRITE_PAST_A_SIZE_LIMIT = """
+import os, resource, signal, sys, optuna
+from sweep.optuna_parts import build_storage
+optuna.logging.set_verbosity(optuna.logging.ERROR)
+study = optuna.load_study(study_name="s", storage=build_storage(sys.argv[1]))
+trial = study.ask()
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # then the write fails with EFBIG
+# The file may grow by 40 bytes only: the next append is cut part way, as on a full disk.
+limit = os.path.getsize(sys.argv[2]) + 40
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+try:
+    trial.set_user_attr("note", "x" * 200)
+except OSError as error:
+    print("failed:", error.errno, flush=True)
+"""
+
+
+def test_a_write_cut_short_leaves_no_half_line_and_the_study_reads_on(tmp_path: Path) -> None:
+    """A write that fails part way (a size limit here, a full disk in use) is cut off
+    again: Optuna's own append leaves half a line, and the next append glued to it made
+    the whole journal unreadable (measured on a full disk)."""
+    import errno
+
+    import optuna
+
+    path = tmp_path / "optuna.journal"
+    url = f"journal:///{path}"
+    optuna.create_study(study_name="s", storage=build_storage(url))
+    out = subprocess.run(
+        [sys.executable, "-c", WRITE_PAST_A_SIZE_LIMIT, url, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.stdout.strip() == f"failed: {errno.EFBIG}", out.stderr[-2000:]
+    assert path.read_bytes().endswith(b"\n")
+    study = optuna.load_study(study_name="s", storage=build_storage(url))
+    study.enqueue_trial({})  # an append after the failed one
+    again = optuna.load_study(study_name="s", storage=build_storage(url))
+    assert [t.state.name for t in again.trials] == ["RUNNING", "WAITING"]
+    assert "note" not in again.trials[0].user_attrs
+
+
+def test_a_torn_last_line_found_on_opening_is_cut_off(tmp_path: Path) -> None:
+    """As a process killed mid-write, or an earlier version on a full disk, leaves it."""
+    import optuna
+
+    path = tmp_path / "optuna.journal"
+    url = f"journal:///{path}"
+    study = optuna.create_study(study_name="s", storage=build_storage(url))
+    study.tell(study.ask(), 1.0)
+    whole = path.read_bytes()
+    with path.open("ab") as f:
+        f.write(b'{"op_code":8,"worker_id":"x","trial_id":0,"user_at')  # no newline
+    storage = build_storage(url)
+    assert path.read_bytes() == whole
+    optuna.load_study(study_name="s", storage=storage).enqueue_trial({})
+    again = optuna.load_study(study_name="s", storage=build_storage(url))
+    assert [t.state.name for t in again.trials] == ["COMPLETE", "WAITING"]

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -345,6 +346,18 @@ def test_a_store_is_lost_only_when_it_no_longer_answers(tracked, monkeypatch, de
     assert tracking.store_lost() is None
 
 
+def _once(proc: subprocess.Popen, ready: Callable[[], bool], act: Callable[[], object]):
+    """``act()`` once ``ready()`` holds (or ``proc`` has ended), then ``proc``'s result."""
+    try:
+        while not ready() and proc.poll() is None:
+            time.sleep(0.1)
+        act()
+        return finish_cli(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
 @pytest.mark.postgres
 @pytest.mark.e2e
 def test_a_storage_database_gone_mid_study_is_one_line_and_the_rerun_finishes_it(
@@ -377,14 +390,9 @@ def test_a_storage_database_gone_mid_study_is_one_line_and_the_rerun_finishes_it
 
     proc = start_cli("tune", *overrides, cwd=tmp_path, uri=tracked)
     try:
-        while finished() < 2 and proc.poll() is None:
-            time.sleep(0.1)
-        proxy.cut()
-        result = finish_cli(proc)
+        result = _once(proc, lambda: finished() >= 2, proxy.cut)
     finally:
         proxy.cut()
-        if proc.poll() is None:
-            proc.kill()
     assert result.returncode == 1, result.stderr[-3000:]
     [line] = result.stderr.strip().splitlines()[-1:]
     assert line.startswith(f"error: storage.url={via_proxy}: cannot open Optuna storage: ")
@@ -436,3 +444,69 @@ def test_a_heartbeat_optuna_cannot_write_is_one_line_not_a_threads_traceback(mon
         "ConnectionError: connection refused\n"
     )
     assert [str(e) for e in others] == ["a bug elsewhere"]  # as before
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 30 MB file system of its own (a tmpfs: mounting needs root, else skipped)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mount = ["mount", "-t", "tmpfs", "-o", "size=30m", "tmpfs", str(disk)]
+    mounted = subprocess.run(mount, capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small file system here: {mounted.stderr.strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def _fill(disk: Path) -> None:
+    """Write zeros to ``disk/filler`` until the disk is full."""
+    with (disk / "filler").open("wb", buffering=0) as f, contextlib.suppress(OSError):
+        block = bytes(1 << 16)
+        while True:
+            f.write(block)
+
+
+@pytest.mark.e2e
+def test_a_disk_full_mid_study_is_one_line_and_the_rerun_finishes_it(small_disk, monkeypatch):
+    """The study's journal, MLflow's store and its artifacts on a disk that fills up
+    mid-study: one line (exit 1; Optuna alone printed tracebacks and left half a line
+    in the journal, which then no longer read once appended to); with space again, the
+    same command finishes the study, every MLflow run closed."""
+    import sqlite3
+
+    from mlflow.tracking import MlflowClient
+
+    from sweep.check import load_study
+    from sweep.study import tune
+
+    uri = f"sqlite:///{small_disk / 'mlflow.db'}"
+    overrides = [*TINY, "study.name=full", "study.n_trials=12"]
+
+    def finished_runs() -> int:
+        with contextlib.suppress(sqlite3.Error), sqlite3.connect(small_disk / "mlflow.db") as db:
+            query = "SELECT count(*) FROM runs WHERE status = 'FINISHED'"
+            return db.execute(query).fetchone()[0]
+        return 0
+
+    proc = start_cli("tune", *overrides, cwd=small_disk, uri=uri)
+    result = _once(proc, lambda: finished_runs() >= 2, lambda: _fill(small_disk))
+    assert result.returncode == 1, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: no space left on the device"), result.stderr[-3000:]
+    assert "study 'full' stopped: its finished trials are kept" in last
+    assert "Traceback" not in result.stderr
+
+    (small_disk / "filler").unlink()
+    monkeypatch.chdir(small_disk)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    tune(overrides, progress=False)
+    study, _ = load_study(overrides)
+    states = [t.state.name for t in study.trials]
+    assert states.count("COMPLETE") + states.count("PRUNED") == 12, states
+    assert "RUNNING" not in states
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("full").experiment_id])
+    assert "RUNNING" not in {r.info.status for r in runs}
