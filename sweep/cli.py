@@ -119,7 +119,7 @@ def _print_run_summary(result, cfg) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from sweep.errors import SweepError
+    from sweep.errors import SweepError, disk_full
     from sweep.interrupts import raise_keyboard_interrupt, taken
 
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -140,6 +140,11 @@ def main(argv: list[str] | None = None) -> int:
     except SweepError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except Exception as exc:
+        if (full := disk_full(exc)) is None:
+            raise
+        print(f"error: {full}", file=sys.stderr)  # whatever the command was writing
+        return 1
     except KeyboardInterrupt:
         taken()
         print(f"interrupted: {INTERRUPTED.get(command, 'stopped')}", file=sys.stderr)

@@ -59,3 +59,22 @@ class NonFiniteLossError(SweepError, RuntimeError):
     def __init__(self, message: str):
         # Unpickling calls __init__ with the full message again: add the hint once.
         super().__init__(message if self.HINT in message else f"{message}; {self.HINT}")
+
+
+def disk_full(failure: BaseException) -> str | None:
+    """What ran out of space, when ``failure`` or an error it came from is a full disk
+    (or quota): an OSError of the file system, or sqlite's own "database or disk is
+    full"; else None."""
+    import errno
+
+    seen: set[int] = set()
+    error: BaseException | None = failure
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            where = f" writing {error.filename}" if error.filename else ""
+            return f"no space left on the device{where}"
+        if "database or disk is full" in str(error):
+            return "no space left on the device of the sqlite store (database or disk is full)"
+        error = error.__cause__ or error.__context__
+    return None

@@ -24,7 +24,14 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from sweep import config as config_mod
-from sweep.errors import ConfigError, DiskFull, StorageLost, SweepError, TrackingLost
+from sweep.errors import (
+    ConfigError,
+    DiskFull,
+    StorageLost,
+    SweepError,
+    TrackingLost,
+    disk_full,
+)
 from sweep.space import (
     Param,
     base_points,
@@ -956,25 +963,6 @@ def stopped_study_error(study, spec: StudySpec, failure: BaseException) -> Sweep
         f"{lost}; study '{spec.name}' stopped: its finished trials are kept there, and the "
         "same command with the database back resumes it, first with the trials cut short"
     )
-
-
-def disk_full(failure: BaseException) -> str | None:
-    """What ran out of space, when ``failure`` or an error it came from is a full disk
-    (or quota): an OSError of the file system, or sqlite's own "database or disk is
-    full"; else None."""
-    import errno
-
-    seen: set[int] = set()
-    error: BaseException | None = failure
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-            where = f" writing {error.filename}" if error.filename else ""
-            return f"no space left on the device{where}"
-        if "database or disk is full" in str(error):
-            return "no space left on the device of the sqlite store (database or disk is full)"
-        error = error.__cause__ or error.__context__
-    return None
 
 
 def lost_store_error(study, spec: StudySpec) -> TrackingLost:

@@ -510,3 +510,34 @@ def test_a_disk_full_mid_study_is_one_line_and_the_rerun_finishes_it(small_disk,
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("full").experiment_id])
     assert "RUNNING" not in {r.info.status for r in runs}
+
+
+def test_a_full_disk_is_found_in_the_chain_of_errors_it_caused() -> None:
+    import errno
+    import sqlite3
+
+    from sweep.errors import disk_full
+
+    def raised(make):
+        try:
+            make()
+        except Exception as exc:
+            return exc
+
+    def wrapped(inner: BaseException):
+        def make():
+            try:
+                raise inner
+            except BaseException:
+                raise RuntimeError("what the library made of it") from None
+
+        return make
+
+    full = OSError(errno.ENOSPC, "No space left on device", "/data/optuna.journal")
+    assert disk_full(full) == "no space left on the device writing /data/optuna.journal"
+    # Raised while handling it, even `from None`: the disk was full all the same.
+    assert disk_full(raised(wrapped(full))) == disk_full(full)
+    caused = RuntimeError("commit failed")
+    caused.__cause__ = sqlite3.OperationalError("database or disk is full")
+    assert "sqlite store (database or disk is full)" in disk_full(caused)
+    assert disk_full(OSError(errno.EACCES, "Permission denied")) is None
