@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
-import platform
 import signal
 import threading
 import time
@@ -31,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sweep import interrupts
+from sweep.workers import this_process
 
 #: The environment a spawned process takes from :func:`sweep.workers.worker_env`.
 ENV_KEYS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "CUDA_VISIBLE_DEVICES")
@@ -127,7 +127,7 @@ def _run(job: Job) -> Any:
 
     _in_job = True
     # The process that trained it, as a study's trials record theirs.
-    tags = {**job.kwargs.get("tags", {}), "worker": f"{platform.node()}:{os.getpid()}"}
+    tags = {**job.kwargs.get("tags", {}), "worker": this_process()}
     try:
         if _stopping:  # a job the pool had queued here before it was stopped
             raise KeyboardInterrupt("stopped before it started")

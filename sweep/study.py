@@ -12,7 +12,6 @@ a pruning callback: the same code path as ``sweep train``.
 from __future__ import annotations
 
 import contextlib
-import os
 import platform
 import re
 import time
@@ -41,6 +40,7 @@ from sweep.space import (
     to_overrides,
     validate_space,
 )
+from sweep.workers import this_process
 
 PARENT_RUN_ATTR = "mlflow_parent_run_id"
 COORDINATOR_TAG = "sweep.coordinator"  # the parent run's: the `sweep tune` running it
@@ -474,7 +474,7 @@ def worker_seed(seed: int) -> int:
     """
     import zlib
 
-    return (seed + zlib.crc32(f"{platform.node()}:{os.getpid()}".encode())) % 2**31
+    return (seed + zlib.crc32(this_process().encode())) % 2**31
 
 
 def check_not_run_elsewhere(study, spec: StudySpec) -> None:
@@ -494,7 +494,7 @@ def check_not_run_elsewhere(study, spec: StudySpec) -> None:
     except Exception:
         return  # gone from the store: ensure_parent_run makes a new one
     coordinator = run.data.tags.get(COORDINATOR_TAG)
-    if run.info.status != "RUNNING" or coordinator == _this_process():
+    if run.info.status != "RUNNING" or coordinator == this_process():
         return
     if worker_gone(coordinator) is False:
         raise ConfigError(
@@ -529,7 +529,7 @@ def ensure_parent_run(study, spec: StudySpec) -> str:
             **tracking.run_context_tags(),
             "sweep.role": "study",
             "study.name": spec.name,
-            COORDINATOR_TAG: _this_process(),
+            COORDINATOR_TAG: this_process(),
             STORAGE_TAG: storage_label(spec.storage_url),
         },
     )
@@ -581,7 +581,7 @@ def _record_resumed_settings(run, spec: StudySpec) -> None:
         recorder.tags(
             {
                 "study.invocations": invocations,
-                COORDINATOR_TAG: _this_process(),
+                COORDINATOR_TAG: this_process(),
                 # Where the study is now (the parent runs of older studies lack it).
                 STORAGE_TAG: storage_label(spec.storage_url),
                 **{f"resumed.{k}": v for k, v in changed.items()},
@@ -594,11 +594,6 @@ def _same_storage_as(logged: str, url: str) -> str:
     from sweep.tracking import redact
 
     return redact(url) if storage_label(logged) == storage_label(url) else logged
-
-
-def _this_process() -> str:
-    """``host:pid``, as a trial's ``worker``: `sweep check` tells whether it is alive."""
-    return f"{platform.node()}:{os.getpid()}"
 
 
 def _study_settings(spec: StudySpec) -> dict[str, Any]:
@@ -654,7 +649,7 @@ class Objective:
 
         from sweep import tracking
 
-        trial.set_user_attr("worker", f"{platform.node()}:{os.getpid()}")
+        trial.set_user_attr("worker", this_process())
         try:
             return self._run(trial)
         except optuna.TrialPruned:

@@ -121,6 +121,13 @@ def run(
         load_data(cfg)
     tracking.setup(cfg.tracking.uri, check_store=True)
     run_tags = {"overrides": " ".join(overrides or []), **(tags or {})}
+    if parent_run_id is None:
+        # No study watches this run: it records its process, and closes the runs of
+        # processes that left theirs RUNNING (see close_abandoned_runs).
+        from sweep.workers import close_abandoned_runs, this_process
+
+        run_tags.setdefault("worker", this_process())
+        close_abandoned_runs(tracking.ensure_experiment(experiment or cfg.tracking.experiment))
     with tracking.open_run(
         experiment or cfg.tracking.experiment, run_name, parent_run_id, run_tags
     ) as recorder:

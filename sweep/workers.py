@@ -13,6 +13,8 @@ Crash safety:
   its worker, and a RUNNING trial whose local process is gone is failed and re-enqueued
   by whoever notices (the coordinator every few seconds, any worker or rerun at start).
 - Either way, the dead trial's MLflow run is closed KILLED, never left RUNNING.
+- A run outside any study (``sweep train``) records its ``host:pid`` too; the next one in
+  its experiment on the host closes it KILLED if that process is gone.
 """
 
 from __future__ import annotations
@@ -48,6 +50,12 @@ def pid_alive(pid: int) -> bool:
     with contextlib.suppress(OSError), open(f"/proc/{pid}/stat") as fh:
         return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
     return True
+
+
+def this_process() -> str:
+    """``host:pid`` of this process, as a trial's ``worker`` attr and a run's ``worker``
+    tag record it: :func:`worker_gone` tells later whether it is alive."""
+    return f"{platform.node()}:{os.getpid()}"
 
 
 def _owner(trial) -> tuple[str, int] | None:
@@ -180,6 +188,29 @@ def close_dead_reruns(parent_run_id: str) -> list[str]:
     return closed
 
 
+def close_abandoned_runs(experiment_id: str) -> list[str]:
+    """Close KILLED the experiment's runs without a parent (``sweep train``, ``sweep rerun``,
+    ``sweep.train.run`` from Python) that a process on this host left RUNNING and is gone.
+
+    MLflow leaves a run RUNNING when its process is killed outright (SIGKILL, the
+    out-of-memory killer) or cannot write the run's end (a full disk). No study recovers
+    such a run, so the next one started in the experiment on this host closes it."""
+    from mlflow.tracking import MlflowClient
+
+    from sweep.tracking import terminate_run
+
+    query = f"attributes.status = 'RUNNING' and tags.worker LIKE '{platform.node()}:%'"
+    closed = []
+    for run in MlflowClient().search_runs([experiment_id], query, max_results=1000):
+        worker = run.data.tags.get("worker")
+        if "mlflow.parentRunId" in run.data.tags or not worker_gone(worker):
+            continue  # a study's run (its study closes it), or its process is alive
+        reason = f"its process {worker} ended without closing the run (killed, or out of disk)"
+        terminate_run(run.info.run_id, "KILLED", reason)
+        closed.append(run.info.run_id)
+    return closed
+
+
 def recover(study, checked: set[int] | None = None) -> None:
     """Everything a live process does about dead ones (``checked``: see
     :func:`close_orphan_runs`)."""
@@ -192,7 +223,7 @@ def retry_interrupted(study) -> None:
     """A trial this process was running when interrupted: enqueue it for the next run."""
     from optuna.trial import TrialState
 
-    me = f"{platform.node()}:{os.getpid()}"
+    me = this_process()
     for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
         if trial.user_attrs.get("worker") == me and str(
             trial.user_attrs.get("error", "")

@@ -827,6 +827,52 @@ def test_ctrl_c_on_the_command_line_leaves_the_run_killed(mlflow_store, tmp_path
     assert "test/acc" not in record.data.metrics
 
 
+def test_a_run_whose_process_was_killed_outright_is_closed_by_the_next_one(tracked, tmp_path):
+    """SIGKILL (the out-of-memory killer's signal) leaves MLflow's run RUNNING: the next
+    run in the experiment on this host closes it KILLED, and leaves alone a run whose
+    process is alive and a study's run (its study recovers it)."""
+    proc = start_cli(
+        "train",
+        "data=synthetic",
+        "trainer.max_epochs=100000",
+        "trainer.early_stopping.enabled=false",
+        cwd=tmp_path,
+        uri=tracked,
+    )
+    for line in proc.stdout:
+        if line.startswith("epoch"):
+            break
+    os.kill(proc.pid, signal.SIGKILL)
+    finish_cli(proc)
+    client = MlflowClient(tracking_uri=tracked)
+    killed = only_run(client)
+    assert killed.info.status == "RUNNING"
+    assert killed.data.tags["worker"].endswith(f":{proc.pid}")
+
+    experiment_id = killed.info.experiment_id
+    alive = subprocess.Popen(["sleep", "60"])
+    try:
+        live_worker = f"{os.uname().nodename}:{alive.pid}"
+        live = client.create_run(experiment_id, tags={"worker": live_worker})
+        studys = client.create_run(
+            experiment_id,
+            tags={"worker": killed.data.tags["worker"], "mlflow.parentRunId": live.info.run_id},
+        )
+        result = run(load_run_config(TINY_SYNTHETIC))
+    finally:
+        alive.kill()
+        alive.wait()
+
+    closed = client.get_run(killed.info.run_id)
+    assert closed.info.status == "KILLED"
+    assert f"its process {killed.data.tags['worker']} ended" in closed.data.tags["error"]
+    assert client.get_run(live.info.run_id).info.status == "RUNNING"
+    assert client.get_run(studys.info.run_id).info.status == "RUNNING"
+    new = client.get_run(result.run_id)
+    assert new.info.status == "FINISHED"
+    assert new.data.tags["worker"] == f"{os.uname().nodename}:{os.getpid()}"
+
+
 def test_sigterm_during_fit_closes_the_run(tracked, monkeypatch, capsys):
     """``sweep.cli.main`` in this process; SIGTERM sent to ourselves at epoch 1."""
     from sweep import cli
