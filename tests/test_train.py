@@ -797,24 +797,30 @@ def test_cli_diverging_run_is_one_line_and_ends_failed(tracked, capsys):
     assert record.data.tags["error"].startswith("NonFiniteLossError")
 
 
+def endless_cli_train(cwd: Path, uri: str) -> subprocess.Popen:
+    """``sweep train`` for 100,000 epochs in a subprocess, once its first epoch is shown."""
+    proc = start_cli(
+        "train",
+        "data=synthetic",
+        "trainer.max_epochs=100000",
+        "trainer.early_stopping.enabled=false",
+        cwd=cwd,
+        uri=uri,
+    )
+    for line in proc.stdout:
+        if line.startswith("epoch"):
+            break
+    return proc
+
+
 def test_ctrl_c_on_the_command_line_leaves_the_run_killed(mlflow_store, tmp_path):
     """SIGINT, as a terminal's Ctrl-C sends it, once the first epoch has been shown."""
     # A child inherits an ignored SIGINT (a test run in the background): give it the default.
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        proc = start_cli(
-            "train",
-            "data=synthetic",
-            "trainer.max_epochs=100000",
-            "trainer.early_stopping.enabled=false",
-            cwd=tmp_path,
-            uri=mlflow_store,
-        )
+        proc = endless_cli_train(tmp_path, mlflow_store)
     finally:
         signal.signal(signal.SIGINT, previous)
-    for line in proc.stdout:
-        if line.startswith("epoch"):
-            break
     proc.send_signal(signal.SIGINT)
     done = finish_cli(proc)
     assert done.returncode == 130, done.stderr
@@ -831,17 +837,7 @@ def test_a_run_whose_process_was_killed_outright_is_closed_by_the_next_one(track
     """SIGKILL (the out-of-memory killer's signal) leaves MLflow's run RUNNING: the next
     run in the experiment on this host closes it KILLED, and leaves alone a run whose
     process is alive and a study's run (its study recovers it)."""
-    proc = start_cli(
-        "train",
-        "data=synthetic",
-        "trainer.max_epochs=100000",
-        "trainer.early_stopping.enabled=false",
-        cwd=tmp_path,
-        uri=tracked,
-    )
-    for line in proc.stdout:
-        if line.startswith("epoch"):
-            break
+    proc = endless_cli_train(tmp_path, tracked)
     os.kill(proc.pid, signal.SIGKILL)
     finish_cli(proc)
     client = MlflowClient(tracking_uri=tracked)
