@@ -78,8 +78,23 @@ def setup(
     mlflow.set_tracking_uri(resolved)
     if check_store:
         with _creation_lock(database):
-            _check_store(resolved, key)
+            new = database is not None and not database.exists()
+            try:
+                _check_store(resolved, key)
+            except BaseException:
+                if new:
+                    _remove_sqlite_store(database)
+                raise
     return resolved
+
+
+def _remove_sqlite_store(database: Path) -> None:
+    """Delete a store whose schema this process began and could not finish (a full disk,
+    say). A half-made schema would fail every later opening ("table secrets already
+    exists", measured), with the disk space back too."""
+    for path in (database, *(Path(f"{database}{s}") for s in ("-wal", "-shm", "-journal"))):
+        with contextlib.suppress(OSError):  # never there, say: the error at hand says why
+            path.unlink()
 
 
 #: Database servers MLflow can keep its runs in (SQLAlchemy dialects).
@@ -363,14 +378,15 @@ def _check_store(uri: str, key: str) -> None:
     worker): a store that cannot be opened is a one-line error naming the setting."""
     from mlflow.tracking import MlflowClient
 
-    from sweep.errors import ConfigError
+    from sweep.errors import ConfigError, DiskFull, disk_full
 
     try:
         MlflowClient(uri).search_experiments(max_results=1)
     except Exception as exc:
-        raise ConfigError(
-            f"{key}={redact(uri)}: cannot open the MLflow tracking store: {one_line(exc)}"
-        ) from None
+        message = f"{key}={redact(uri)}: cannot open the MLflow tracking store"
+        if (full := disk_full(exc)) is not None:  # not the setting's fault: exit 1
+            raise DiskFull(f"{message}: {full}") from None
+        raise ConfigError(f"{message}: {one_line(exc)}") from None
 
 
 def ensure_experiment(name: str) -> str:

@@ -541,3 +541,25 @@ def test_a_full_disk_is_found_in_the_chain_of_errors_it_caused() -> None:
     caused.__cause__ = sqlite3.OperationalError("database or disk is full")
     assert "sqlite store (database or disk is full)" in disk_full(caused)
     assert disk_full(OSError(errno.EACCES, "Permission denied")) is None
+
+
+@pytest.mark.e2e
+def test_a_new_store_the_disk_has_no_room_for_is_not_left_half_made(small_disk) -> None:
+    """MLflow's schema needs about 2 MB: with 1 MB free, creating it fails part way. The
+    half-made store would fail every later opening ("table secrets already exists"),
+    space or none; it is removed, and with space the same command creates it whole."""
+    uri = f"sqlite:///{small_disk / 'mlflow.db'}"
+    _fill(small_disk)
+    filler = small_disk / "filler"
+    os.truncate(filler, filler.stat().st_size - (1 << 20))
+
+    failed = finish_cli(start_cli("train", *TRAIN, cwd=small_disk, uri=uri))
+    assert failed.returncode == 1
+    assert "Traceback" not in failed.stderr
+    error = failed.stderr.strip().splitlines()[-1]
+    assert f"{small_disk / 'mlflow.db'}" in error and "disk is full" in error, failed.stderr
+    assert sorted(p.name for p in small_disk.iterdir()) == ["filler"]
+
+    filler.unlink()
+    done = finish_cli(start_cli("train", *TRAIN, cwd=small_disk, uri=uri))
+    assert done.returncode == 0, done.stderr[-3000:]
