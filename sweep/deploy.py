@@ -538,7 +538,7 @@ def _model_input(frame: Any, spec: _InputSpec, path: Path, first_row: int) -> An
                 )
             x[column] = values = numbers.astype(np.float64)
         if kind in NUMERIC_TYPES and pd.api.types.is_float_dtype(values):
-            _refuse_infinite(values, column, path, first_row)
+            _refuse_out_of_range(values, column, path, first_row)
         if kind in ("double", "float") and pd.api.types.is_integer_dtype(values):
             x[column] = values.astype(np.float64)  # MLflow refuses int64 -> double itself
         elif kind == "string" and not (
@@ -552,16 +552,19 @@ def _model_input(frame: Any, spec: _InputSpec, path: Path, first_row: int) -> An
     return x
 
 
-def _refuse_infinite(values: Any, column: str, path: Path, first_row: int) -> None:
-    """A DeployError naming the file's data row of the first infinite value: the model
-    would refuse the chunk with a row counted within it."""
+def _refuse_out_of_range(values: Any, column: str, path: Path, first_row: int) -> None:
+    """A DeployError naming the file's data row of the first infinite value, or one beyond
+    float32's range: the model would refuse the chunk with a row counted within it."""
     import numpy as np
 
-    infinite = np.flatnonzero(np.isinf(values.to_numpy(dtype=np.float64, na_value=np.nan)))
-    if len(infinite):
+    from sweep.data.table import FLOAT32_MAX, out_of_range
+
+    bad = out_of_range(values.to_numpy(dtype=np.float64, na_value=np.nan))
+    if len(bad):
         raise DeployError(
-            f"{path}: column {column!r} must be finite; data row "
-            f"{first_row + int(infinite[0]) + 1} has {float(values.iloc[infinite[0]])!r}"
+            f"{path}: column {column!r} must be finite and within float32's range "
+            f"(±{FLOAT32_MAX:.1e}); data row {first_row + int(bad[0]) + 1} has "
+            f"{float(values.iloc[bad[0]])!r}"
         )
 
 

@@ -105,8 +105,9 @@ def _require_finite(x: np.ndarray) -> None:
     """Refuse an empty input, and NaN / inf network inputs: they would come out as a
     confident-looking label.
 
-    Tables impute missing numbers, so this catches arrays with NaN or inf and table values
-    too large for float32 (1e300 becomes inf)."""
+    A table's preprocessor imputes missing numbers and names the column of an infinite one
+    or one too large for float32, so this catches network inputs (arrays) holding NaN, inf
+    or a number too large for float32 (1e300 becomes inf)."""
     if len(x) == 0:
         raise ValueError("no rows to predict")
     finite = np.isfinite(x.reshape(len(x), -1)).all(axis=1)

@@ -187,7 +187,10 @@ def bad_inputs(root: Path) -> None:
         (["input=nothere.csv"], ["input: file not found", "nothere.csv"]),
         (["input=no_height.csv"], ["missing column(s) 'height'", "model inputs"]),
         (["input=garbage.csv"], ["column 'height' must be numeric", "data row 13", "'tall'"]),
-        (["input=infinite.csv"], ["column 'height' must be finite", "data row 16", "-inf"]),
+        (
+            ["input=infinite.csv"],
+            ["column 'height' must be finite and within float32's range", "data row 16", "-inf"],
+        ),
         (["input=infinite.csv", "chunk_size=7"], ["data row 16 has -inf"]),
         (["input=empty.csv"], ["empty"]),
         (["input=header_only.csv"], ["no data rows"]),

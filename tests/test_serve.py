@@ -271,7 +271,7 @@ def test_missing_values_and_fractions_in_an_int_column(served, local_table_model
         ('{"dataframe_records": [', ["JSON"]),
         (
             {"dataframe_records": [{"age": 3, "height": 1e300, "color": "black"}]},
-            ["row 0", "too large for float32"],
+            ["column 'height': row 0 (0-based) is 1e+300", "within float32's range"],
         ),
         (
             {"dataframe_records": [{"age": 3, "height": True, "color": "black"}]},

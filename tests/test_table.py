@@ -146,24 +146,30 @@ def test_an_infinite_value_is_refused_not_imputed():
     client's ``Infinity``) would be imputed silently, so prediction names its row."""
     x = pd.DataFrame({"n": [1.0, 2.0, 3.0, 4.0]})
     pre = TablePreprocessor(CLASSIFICATION, ["n"]).fit(x, ["a", "b", "a", "b"])
+    finite = r"not a finite number within float32's range \(±3\.4e\+38\)"
     cases = (
-        ([1.0, None, -np.inf], r"row 2 \(0-based\) is -inf, not a finite number \(1 such"),
-        (["2", "inf", "Infinity"], r"row 1 \(0-based\) is 'inf', not a finite number \(2 such"),
+        ([1.0, None, -np.inf], rf"row 2 \(0-based\) is -inf, {finite} \(1 such"),
+        (["2", "inf", "Infinity"], rf"row 1 \(0-based\) is 'inf', {finite} \(2 such"),
+        # Finite in float64, infinite in the model's float32.
+        ([1.0, 1e300], rf"row 1 \(0-based\) is 1e\+300, {finite} \(1 such"),
     )
     for column, message in cases:
         with pytest.raises(ValueError, match=rf"column 'n': {message}"):
             pre.transform(pd.DataFrame({"n": column}))
 
 
-@pytest.mark.parametrize("value", [np.inf, "-inf"])
+@pytest.mark.parametrize("value", [np.inf, "-inf", 1e300, "-3.5e38"])
 def test_an_infinite_value_in_the_file_is_a_data_error(tmp_path, value):
-    """Named with its column, file and data row (counted before rows without a target are
-    dropped), whichever split the row falls in."""
+    """Infinite, or beyond float32's range (it trained as infinite: a loss of NaN at the
+    first step, reported as divergence). Named with its column, file and data row (counted
+    before rows without a target are dropped), whichever split the row falls in."""
     df = frame()
     df.loc[2, "label"] = None  # dropped: the row numbers still count it
     df["ratio"] = np.arange(40, dtype=object)
     df.loc[[9, 30], "ratio"] = value
-    assert_data_error(cfg(write_csv(tmp_path, df)), "'ratio'", "t.csv", "2 infinite", "row 9 ")
+    assert_data_error(
+        cfg(write_csv(tmp_path, df)), "'ratio'", "t.csv", "2 value(s) infinite", "row 9 "
+    )
     # Dropped, the column is no longer read.
     assert load_table(cfg(write_csv(tmp_path, df), drop=["ratio"]), seed=0).x_train.shape[0]
 
@@ -348,6 +354,13 @@ def test_regression_target_not_numeric(tmp_path):
     assert_data_error(
         cfg(write_csv(tmp_path, frame()), task="regression"), "'label'", "non-numeric", "'cat'"
     )
+
+
+@pytest.mark.parametrize("value", [np.inf, 1e300])
+def test_a_regression_target_beyond_float32_is_a_data_error(tmp_path, value):
+    df = frame().assign(label=np.arange(40.0))
+    df.loc[7, "label"] = value
+    assert_data_error(cfg(write_csv(tmp_path, df), task="regression"), "'label'", "1 value(s)")
 
 
 def test_numeric_column_with_garbage(tmp_path):

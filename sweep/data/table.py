@@ -70,6 +70,16 @@ def _non_numeric(values: pd.Series) -> pd.Series:
     return present[parsed.isna()]
 
 
+#: The largest magnitude a feature or target may have: the model computes in float32, in
+#: which a larger value is infinite (a loss of NaN at the first step, seen as divergence).
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def out_of_range(values: np.ndarray) -> np.ndarray:
+    """Positions of infinite values and of finite ones beyond float32's range (NaN aside)."""
+    return np.flatnonzero(np.abs(values) > FLOAT32_MAX)
+
+
 def _to_float(values: pd.Series, column: str) -> np.ndarray:
     """Numbers as float64 with missing values as NaN; ValueError names the column, and the
     row of an infinite value (imputing it would hide the bad row)."""
@@ -88,30 +98,33 @@ def _to_float(values: pd.Series, column: str) -> np.ndarray:
         out = np.array(numbers.to_numpy(dtype=np.float64, na_value=np.nan), dtype=np.float64)
     except (TypeError, ValueError) as e:
         raise ValueError(f"column {column!r}: cannot convert to numbers ({_one_line(e)})") from None
-    infinite = np.flatnonzero(np.isinf(out))
-    if len(infinite):
+    bad = out_of_range(out)
+    if len(bad):
         raise ValueError(
-            f"column {column!r}: row {infinite[0]} (0-based) is "
-            f"{_py(values.iloc[infinite[0]])!r}, not a finite number "
-            f"({len(infinite)} such row(s) in all); leave it empty to impute it"
+            f"column {column!r}: row {bad[0]} (0-based) is {_py(values.iloc[bad[0]])!r}, not "
+            f"a finite number within float32's range (±{FLOAT32_MAX:.1e}) ({len(bad)} such "
+            f"row(s) in all); leave it empty to impute it"
         )
     return out
 
 
-def _refuse_infinite(
+def _refuse_out_of_range(
     df: pd.DataFrame, columns: Iterable[str], path: Path, rows: np.ndarray
 ) -> None:
-    """DataError for an infinite value in a numeric feature column of the file: a missing
-    value is imputed, but an infinite one is most often a division by zero upstream, and
-    imputing it would hide that. ``rows[i]`` is the file's data row of ``df``'s row ``i``."""
+    """DataError for an infinite value, or one beyond float32's range, in a numeric feature
+    column of the file: a missing value is imputed, but an infinite one is most often a
+    division by zero upstream, and imputing it would hide that; a 1e300 would train as
+    infinite. ``rows[i]`` is the file's data row of ``df``'s row ``i``."""
     for column in columns:
         numbers = pd.to_numeric(df[column], errors="coerce")
-        infinite = np.flatnonzero(np.isinf(numbers.to_numpy(dtype=np.float64, na_value=np.nan)))
-        if len(infinite):
+        bad = out_of_range(numbers.to_numpy(dtype=np.float64, na_value=np.nan))
+        if len(bad):
             raise DataError(
-                f"column {column!r} in {path} has {len(infinite)} infinite value(s), the "
-                f"first in data row {rows[infinite[0]]} (0-based); blank them to impute "
-                f"them, fix them, or list the column in data.drop"
+                f"column {column!r} in {path} has {len(bad)} value(s) infinite or beyond "
+                f"float32's range (±{FLOAT32_MAX:.1e}), the first "
+                f"{_py(df[column].iloc[bad[0]])!r} in data row {rows[bad[0]]} (0-based); "
+                f"blank them to impute them, fix or rescale them, or list the column in "
+                f"data.drop"
             )
 
 
@@ -449,8 +462,13 @@ def _target_values(y: pd.Series, task: str, target: str, path: Path) -> tuple[pd
                 f"e.g. {bad.iloc[0]!r}; use data.task=classification or fix the column"
             )
         y = pd.Series(np.asarray(pd.to_numeric(y), dtype=np.float64), index=y.index)
-        if not np.isfinite(y.to_numpy()).all():
-            raise DataError(f"data.target: regression target {target!r} in {path} has inf values")
+        bad = out_of_range(y.to_numpy())
+        if len(bad):
+            raise DataError(
+                f"data.target: regression target {target!r} in {path} has {len(bad)} value(s) "
+                f"infinite or beyond float32's range (±{FLOAT32_MAX:.1e}), the first "
+                f"{y.iloc[bad[0]]!r}; fix or rescale them"
+            )
         return y, task
     if ptypes.is_float_dtype(y):
         values = y.to_numpy(dtype=np.float64)
@@ -535,7 +553,7 @@ def load_table(cfg: Any, seed: int) -> Dataset:
         categorical = [c for c in features if column_kind(df[c], c) == "categorical"]
     except DataError as e:
         raise DataError(f"{path}: {e}") from None
-    _refuse_infinite(df, [c for c in features if c not in categorical], path, file_rows)
+    _refuse_out_of_range(df, [c for c in features if c not in categorical], path, file_rows)
 
     tr, va, te = _split(
         y,
