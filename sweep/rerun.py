@@ -200,6 +200,9 @@ def apply_overrides(cfg: DictConfig, overrides: list[str]) -> DictConfig:
             del parent[leaf]
             continue
         if OmegaConf.select(cfg, key, default="__absent__") == "__absent__" and not o.is_add():
+            if key.split(".")[0] not in config_mod.RUN_KEYS:  # study.*, say: not a run's
+                known = ", ".join(sorted(config_mod.RUN_KEYS))
+                raise ConfigError(f"{key}: unknown key; known keys: {known}")
             raise ConfigError(f"{key}: unknown key (not in the logged config; use +{key}=...)")
         OmegaConf.update(cfg, key, o.value(), merge=False, force_add=True)
     return cfg
@@ -232,6 +235,7 @@ def _build_config(source: SourceRun, overrides: list[str], tracking_uri: str) ->
     if "tracking.uri" not in keys and cfg.tracking.get("uri") not in (None, tracking_uri):
         cfg.tracking.uri = tracking_uri
     cfg = apply_overrides(cfg, overrides)
+    config_mod.check_top_level(cfg, config_mod.RUN_KEYS)  # +foo=1 is a typo, not a setting
     config_mod.validate_run_config(cfg)
     return cfg
 

@@ -209,13 +209,24 @@ def test_bad_run_id_is_one_line_and_status_2(store, capsys, args, needle):
     assert len(all_runs(client)) == runs_before
 
 
-def test_bad_override_is_one_line_and_trains_nothing(store, capsys):
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        ("optimizer.lr=-1", "optimizer.lr"),
+        # Not keys of a run: a typo, or a study's setting, never silently ignored.
+        ("+foo=1", "foo: unknown key; known keys: data, model"),
+        ("+study.n_trials=3", "study: unknown key; known keys: data, model"),
+        ("study.n_trials=3", "study.n_trials: unknown key; known keys: data, model"),
+        ("+optimizer.nope=1", "optimizer.nope: unknown key"),
+    ],
+)
+def test_bad_override_is_one_line_and_trains_nothing(store, capsys, override, needle):
     client = MlflowClient()
     runs_before = len(all_runs(client))
-    code = cli.main(["rerun", store["source"], "optimizer.lr=-1"])
+    code = cli.main(["rerun", store["source"], override])
     err = capsys.readouterr().err.strip()
     assert code == 2
-    assert "optimizer.lr" in err and len(err.splitlines()) == 1, err
+    assert needle in err and len(err.splitlines()) == 1, err
     assert len(all_runs(client)) == runs_before
 
 
