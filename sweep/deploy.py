@@ -423,7 +423,15 @@ def _resolve_input(value: Any) -> Path:
 
 
 def _default_output(path: Path) -> Path:
-    return path.with_name(f"{path.stem}.predictions{path.suffix or '.csv'}")
+    """Beside the input; comma-separated whatever the input's separator (``.csv``)."""
+    return path.with_name(f"{path.stem}.predictions{path.suffix if _is_parquet(path) else '.csv'}")
+
+
+def _check_output_suffix(path: Path) -> None:
+    """The suffix picks the format written: another one would hold CSV under its name."""
+    if path.suffix.lower() not in (".csv", *PARQUET_SUFFIXES):
+        allowed = ", ".join((".csv", *PARQUET_SUFFIXES))
+        raise DeployError(f"output={path}: write to a file named {allowed} (the format)")
 
 
 def _is_parquet(path: Path) -> bool:
@@ -666,6 +674,7 @@ def predict_file(
     output = Path(output_path).expanduser() if output_path else _default_output(source)
     if output.resolve() == source.resolve():
         raise DeployError(f"output: {output} is the input file; choose another output=...")
+    _check_output_suffix(output)
     tracking_uri = tracking.setup(tracking_uri, answer=_needs_store(model_uri))
     model = load_model(model_uri, tracking_uri)
     spec = _input_spec(model)
