@@ -58,6 +58,24 @@ def ensure_database(url: str) -> None:
         raise ConfigError(f"backend={redact(url)}: cannot reach PostgreSQL: {first}") from None
 
 
+def _check_backend(backend: str) -> None:
+    """A database MLflow can keep runs in, reachable, its schema in place: else one line
+    before the server starts (whose own errors are screens of traceback)."""
+    from sweep import tracking
+
+    scheme = backend.split("://", 1)[0].lower().split("+", 1)[0] if "://" in backend else ""
+    allowed = ("sqlite", *tracking.DATABASE_SERVERS)
+    if scheme not in allowed:
+        raise ConfigError(
+            f"backend={tracking.redact(backend)}: expected a database URL: "
+            + ", ".join(f"{s}://..." for s in allowed)
+        )
+    if scheme == "postgresql":
+        ensure_database(backend)
+    tracking.check_reachable(backend, "backend")
+    tracking.open_store(backend, "backend")
+
+
 def server_command(args: list[str]) -> int:
     options = parse_options(args, DEFAULTS)
     if not options["workers"].isdigit() or int(options["workers"]) < 1:
@@ -67,8 +85,7 @@ def server_command(args: list[str]) -> int:
     if not options["host"].strip():
         raise ConfigError("host=: expected an address to listen on (127.0.0.1: this machine)")
     backend = options["backend"]
-    if backend.startswith("postgresql"):
-        ensure_database(backend)
+    _check_backend(backend)
     artifacts = Path(options["artifacts"]).resolve()
     command = [
         sys.executable,

@@ -77,15 +77,23 @@ def setup(
         write_ahead_log(database)
     mlflow.set_tracking_uri(resolved)
     if check_store:
-        with _creation_lock(database):
-            new = database is not None and not database.exists()
-            try:
-                _check_store(resolved, key)
-            except BaseException:
-                if new:
-                    _remove_sqlite_store(database)
-                raise
+        open_store(resolved, key)
     return resolved
+
+
+def open_store(uri: str, key: str) -> None:
+    """Open the store at ``uri`` (creating a new one's schema) or raise one line naming
+    ``key``: ConfigError, or DiskFull when there is no room. A new sqlite store that
+    cannot be completed is removed again."""
+    database = sqlite_path(uri)
+    with _creation_lock(database):
+        new = database is not None and not database.exists()
+        try:
+            _check_store(uri, key)
+        except BaseException:
+            if new:
+                _remove_sqlite_store(database)
+            raise
 
 
 def _remove_sqlite_store(database: Path) -> None:

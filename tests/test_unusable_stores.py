@@ -90,6 +90,20 @@ def test_servers_refuse_a_port_or_host_they_cannot_listen_on(mlflow_store, capsy
     assert "cannot listen on 192.0.2.1:0" in err and "choose host=" in err
 
 
+def test_the_tracking_server_refuses_a_backend_it_cannot_use_before_starting(
+    mlflow_store, tmp_path, capsys
+) -> None:
+    """Before, mlflow server started and died in screens of traceback (the first line
+    said the server was up)."""
+    port = f"port={free_port()}"
+    err = _fails(["tracking-server", "backend=foo://x", port], capsys)
+    assert err.startswith("backend=foo://x: expected a database URL: sqlite://...")
+    err = _fails(["tracking-server", "backend=sqlite:////proc/x/m.db", port], capsys)
+    assert "backend=sqlite:////proc/x/m.db: cannot open the MLflow tracking store" in err
+    err = _fails(["tracking-server", "backend=http://127.0.0.1:5000", port], capsys)
+    assert "expected a database URL" in err
+
+
 def test_the_optuna_dashboard_does_not_create_an_empty_storage(mlflow_store, tmp_path, capsys):
     err = _fails(["optuna-dashboard"], capsys)
     assert "no Optuna storage at" in err
