@@ -404,6 +404,19 @@ def test_too_few_rows_to_split(tmp_path):
     assert_data_error(cfg(write_csv(tmp_path, df)), "too few rows", "validation", "t.csv")
 
 
+def test_classes_of_one_row_each_are_named_as_the_reason_no_rows_validate(tmp_path):
+    """A numeric target taken as classes (data.task=classification): every class's rows
+    train, so larger validation and test fractions would not help (it said so before)."""
+    df = frame(n=120).assign(label=np.arange(120.0) / 7)
+    for fractions in ({}, {"val_fraction": 0.3, "test_fraction": 0.3}):
+        path = write_csv(tmp_path, df)
+        assert_data_error(
+            cfg(path, task="classification", **fractions),
+            "120 classes in 120 rows, 120 of them with fewer than 3 rows",
+            "data.task=regression",
+        )
+
+
 def test_semicolons_and_decimal_commas(tmp_path):
     """The European convention: ';' between fields, ',' as the decimal mark."""
     df = frame(n=40)

@@ -19,6 +19,7 @@ from pandas.api import types as ptypes
 
 from sweep.data.base import (
     CLASSIFICATION,
+    MIN_SPLIT_ROWS,
     REGRESSION,
     Dataset,
     Preprocessor,
@@ -506,9 +507,29 @@ def _split(
         in_train = [pd.Series(labels[part]).isin(seen).to_numpy() for part in (va, te)]
         moved = [part[~mask] for part, mask in zip((va, te), in_train, strict=True)]
         tr = np.sort(np.concatenate([tr, *moved]))
+        before = min(len(va), len(te))
         va, te = (part[mask] for part, mask in zip((va, te), in_train, strict=True))
+        if before >= MIN_SPLIT_ROWS:  # else too few rows in all: check_split_sizes says so
+            _refuse_rare_classes(labels, va, te, path)
     check_split_sizes(tr, va, te, str(path))
     return tr, va, te
+
+
+def _refuse_rare_classes(labels: np.ndarray, va: np.ndarray, te: np.ndarray, path: Path) -> None:
+    """DataError when classes too small for all three splits emptied validation or test
+    (their rows train instead): larger splits would not help, so say what would."""
+    if min(len(va), len(te)) >= MIN_SPLIT_ROWS:
+        return
+    counts = pd.Series(labels).value_counts()
+    rare = int((counts < 3).sum())  # a class in train, validation and test needs 3 rows
+    if rare:
+        raise DataError(
+            f"{path}: the target has {len(counts)} classes in {len(labels)} rows, {rare} of "
+            f"them with fewer than 3 rows, whose rows train (a class missing from training "
+            f"cannot be scored), leaving validation {len(va)} and test {len(te)} rows; "
+            f"classification needs several rows per class (a numeric target: "
+            f"data.task=regression)"
+        )
 
 
 def load_table(cfg: Any, seed: int) -> Dataset:
