@@ -12,6 +12,7 @@ a pruning callback: the same code path as ``sweep train``.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import platform
 import re
 import time
@@ -405,6 +406,7 @@ def _study_lives_in(label: str, name: str, host: str | None) -> bool:
 
 IDENTITY_ATTR = "sweep.identity"
 TARGET_ATTR = "sweep.n_trials"  # the study's target, set by its `sweep tune`
+STARTED_ATTR = "sweep.started"  # when its latest `sweep tune` started (local ISO time)
 # Data keys that change how a study trains, not which rows it trains, validates and tests on.
 _DATA_SETTINGS = {"batch_size", "loader"}
 
@@ -816,40 +818,66 @@ def _tag_run(trial, state: str, extra: dict[str, Any]) -> None:
 
 # -- callbacks after each trial ----------------------------------------------------------------
 class StopOnRepeatedFailure:
-    """Stops the study when this process's trials keep failing with the same error.
+    """Stops the study when its trials keep failing with the same error.
 
-    Before any trial of this process has finished, ``limit`` failures in a row with the
-    same error (numbers aside) stop it: the setup is broken, not one point. Once a trial
-    has finished, the space is known to hold points that work, and an error that belongs
-    to part of the space (a learning rate that diverges at the top of its range) can come
-    up several times in a row by chance; then it takes ``AFTER_SUCCESS x limit`` in a row.
+    Before any trial has finished since this callback was made, ``limit`` failures in a
+    row with the same error (numbers aside) stop it: the setup is broken, not one point.
+    Once a trial has finished, the space is known to hold points that work, and an error
+    that belongs to part of the space (a learning rate that diverges at the top of its
+    range) can come up several times in a row by chance; then it takes
+    ``AFTER_SUCCESS x limit`` in a row.
+
+    "In a row" is over the study's trials in the order they ended, whichever worker ran
+    them, since its latest ``sweep tune`` started (``STARTED_ATTR``; else since this
+    callback was made): with N workers, ``limit`` failures stop each worker at its next
+    failure rather than after ``limit`` of its own (N x ``limit`` in all). The trials are
+    read only when one fails.
     """
 
     AFTER_SUCCESS = 3
 
     def __init__(self, limit: int):
         self.limit = limit
-        self.streak: list[str] = []  # the normalised errors of the current run of failures
-        self.finished_one = False
+        self.made = datetime.datetime.now()
         self.message: str | None = None
 
     def __call__(self, study, trial) -> None:
         if trial.state.name != "FAIL":
-            self.streak.clear()
-            self.finished_one = self.finished_one or trial.state.name in FINISHED_STATES
             return
-        error = trial.user_attrs.get("error") or trial.system_attrs.get("fail_reason", "unknown")
-        normalised = re.sub(r"[-+]?\d[\d.e+-]*|nan|inf", "#", error)
-        if self.streak and self.streak[-1] != normalised:
-            self.streak.clear()
-        self.streak.append(normalised)
-        needed = self.limit * (self.AFTER_SUCCESS if self.finished_one else 1)
-        if len(self.streak) >= needed:
+        started = study.user_attrs.get(STARTED_ATTR)
+        since = datetime.datetime.fromisoformat(started) if started else self.made
+        ended = sorted(
+            (t for t in study.get_trials(deepcopy=False) if _ended_since(t, since)),
+            key=lambda t: (t.datetime_complete, t.number),
+        )
+        finished_one = any(t.state.name in FINISHED_STATES for t in ended)
+        streak = 0
+        for earlier in reversed(ended):
+            if earlier.state.name != "FAIL" or _normalised_error(earlier) != _normalised_error(
+                trial
+            ):
+                break
+            streak += 1
+        needed = self.limit * (self.AFTER_SUCCESS if finished_one else 1)
+        if streak >= needed:
             self.message = (
-                f"study '{study.study_name}' stopped: {len(self.streak)} trials in a row "
-                f"failed with: {error}"
+                f"study '{study.study_name}' stopped: {streak} trials in a row failed with: "
+                f"{_trial_error(trial)}"
             )
             study.stop()
+
+
+def _trial_error(trial) -> str:
+    return trial.user_attrs.get("error") or trial.system_attrs.get("fail_reason", "unknown")
+
+
+def _normalised_error(trial) -> str:
+    """The trial's error with its numbers (an epoch, a value) left out."""
+    return re.sub(r"[-+]?\d[\d.e+-]*|nan|inf", "#", _trial_error(trial))
+
+
+def _ended_since(trial, since: datetime.datetime) -> bool:
+    return trial.datetime_complete is not None and trial.datetime_complete >= since
 
 
 def count_finished(study) -> int:
@@ -995,6 +1023,8 @@ def tune(overrides: list[str], progress: bool = True) -> dict[str, Any]:
         study = open_study(spec)
         check_not_run_elsewhere(study, spec)  # before this command changes anything
         study.set_user_attr(TARGET_ATTR, spec.n_trials)  # what joining workers aim for
+        # Where every worker's StopOnRepeatedFailure starts counting.
+        study.set_user_attr(STARTED_ATTR, datetime.datetime.now().isoformat())
         parent_run_id = ensure_parent_run(study, spec)
     except BaseException:
         release_workers(waiting, go=False)

@@ -666,3 +666,38 @@ def test_tracking_server_refuses_a_bad_workers_count_before_starting(value):
 
     with pytest.raises(ConfigError, match=rf"^workers={value}: expected a whole number"):
         server_command([f"workers={value}", "backend=postgresql://nobody@127.0.0.1:1/none"])
+
+
+def test_the_same_error_in_every_trial_stops_all_workers_and_is_said_once(tracked, tmp_path):
+    """Failures in a row are counted over the study, not per worker: two workers stop
+    after about ``study.max_repeated_failures`` trials, not twice that, and `sweep tune`
+    alone says why."""
+    folder = tmp_path / "myconf" / "search"
+    folder.mkdir(parents=True)
+    (folder / "explode.yaml").write_text(
+        "optimizer.lr: {type: float, low: 1.0e10, high: 1.0e12, log: true}\n"
+    )
+    name = "explode2"
+    proc = _start(
+        [
+            "tune",
+            *QUICK,
+            f"hydra.searchpath=[file://{tmp_path / 'myconf'}]",
+            "search=explode",
+            "data.task=regression",
+            "optimizer=sgd",
+            f"study.name={name}",
+            "study.n_trials=20",
+            "study.n_workers=2",
+        ],
+        tmp_path,
+        tracked,
+    )
+    _out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1, err[-3000:]
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, err[-3000:]
+    assert "trials in a row failed with: NonFiniteLossError" in errors[0]
+    states = [t.state.name for t in _load(name).trials]
+    # 3 in a row, and the trial the other worker had started meanwhile.
+    assert 3 <= states.count("FAIL") <= 4 and "RUNNING" not in states, states
