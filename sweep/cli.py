@@ -138,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return handler(rest)
     except SweepError as exc:
+        if "sweep.tracking" in sys.modules:  # a command that set up the store
+            sys.modules["sweep.tracking"].remove_new_empty_stores()
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except Exception as exc:

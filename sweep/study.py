@@ -296,9 +296,10 @@ def open_study(spec: StudySpec, create: bool = True):
 
     from sweep.optuna_parts import build_pruner, build_sampler, build_storage, missing_storage_file
 
-    no_file = missing_storage_file(spec.storage_url) is not None
+    missing = missing_storage_file(spec.storage_url)
+    no_file = missing is not None
     if no_file and not create:  # joining makes none
-        raise ConfigError(f"study.name={spec.name}: no such study in the storage")
+        raise ConfigError(f"study.name={spec.name}: no such study (no storage at {missing})")
     if no_file:
         check_experiment_is_free(spec)  # a new study: refused before its file exists
     storage_cfg = spec.cfg.storage
@@ -317,7 +318,9 @@ def open_study(spec: StudySpec, create: bool = True):
                 study_name=spec.name, storage=storage, sampler=sampler, pruner=pruner
             )
         except KeyError:
-            raise ConfigError(f"study.name={spec.name}: no such study in the storage") from None
+            raise ConfigError(
+                f"study.name={spec.name}: no such study in {storage_label(spec.storage_url)}"
+            ) from None
         check_identity(study, spec, record=False)
         return study
     if not no_file and spec.name not in optuna.get_all_study_names(storage):

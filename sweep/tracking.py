@@ -75,6 +75,8 @@ def setup(
     database = sqlite_path(resolved)
     if database is not None:
         write_ahead_log(database)
+        if not database.exists():
+            _NEW_STORES.add(database)
     mlflow.set_tracking_uri(resolved)
     if check_store:
         open_store(resolved, key)
@@ -94,6 +96,46 @@ def open_store(uri: str, key: str) -> None:
             if new:
                 _remove_sqlite_store(database)
             raise
+
+
+_NEW_STORES: set[Path] = set()  # sqlite stores absent when this process first set them up
+
+
+def remove_new_empty_stores() -> None:
+    """Delete the sqlite stores this process's command brought into being and wrote no
+    run to: for a command that then failed (a study that does not exist, a storage path
+    that cannot be made), which should leave nothing behind."""
+    import sqlite3
+
+    for database in _NEW_STORES:
+        if not database.exists():
+            continue
+        try:
+            connection = sqlite3.connect(f"{database.absolute().as_uri()}?mode=ro", uri=True)
+            try:
+                runs = connection.execute("SELECT count(*) FROM runs").fetchone()[0]
+            finally:
+                connection.close()
+        except sqlite3.Error:
+            runs = 0  # no runs table: a schema this process began
+        if runs == 0:
+            _remove_sqlite_store(database)
+            _forget_stores()
+    _NEW_STORES.clear()
+
+
+def _forget_stores() -> None:
+    """Drop this process's open stores (MLflow keeps one per URI, with its connections),
+    so that a later command here (tests call the CLI in-process) creates a removed store
+    again instead of writing into the deleted file."""
+    from mlflow.tracking._model_registry.registry import ModelRegistryStoreRegistry
+    from mlflow.tracking._tracking_service.registry import TrackingStoreRegistry
+
+    for registry in (TrackingStoreRegistry, ModelRegistryStoreRegistry):
+        with contextlib.suppress(AttributeError):  # another MLflow's internals
+            registry._get_store_with_resolved_uri.cache_clear()
+    _check_store.cache_clear()
+    _USABLE.clear()
 
 
 def _remove_sqlite_store(database: Path) -> None:

@@ -890,7 +890,10 @@ def test_a_relative_sqlite_storage_url_keeps_its_files_here(tracked, tmp_path, m
 def test_joining_a_study_where_there_is_no_storage_creates_none(tracked, cli, tmp_path):
     proc = cli("worker", *QUICK, "study.name=nothing")
     assert proc.returncode == 2
-    assert proc.stderr.strip() == "error: study.name=nothing: no such study in the storage"
+    journal = tmp_path / ".sweep" / "optuna.journal"
+    assert (
+        proc.stderr.strip() == f"error: study.name=nothing: no such study (no storage at {journal})"
+    )
     assert not (tmp_path / ".sweep").exists()
 
 

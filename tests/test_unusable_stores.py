@@ -90,6 +90,22 @@ def test_servers_refuse_a_port_or_host_they_cannot_listen_on(mlflow_store, capsy
     assert "cannot listen on 192.0.2.1:0" in err and "choose host=" in err
 
 
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["worker", *TINY, "study.name=nope"], "study.name=nope: no such study"),
+        (["tune", *TINY, "storage.path=/proc/none/journal"], "/proc/none/journal"),
+        (["tune", *TINY, "storage=sqlite", "storage.path=/proc/none/optuna.db"], "/proc/none"),
+    ],
+    ids=["worker-of-no-study", "journal-cannot-be-made", "sqlite-storage-cannot-be-made"],
+)
+def test_a_command_that_fails_leaves_no_new_mlflow_store(mlflow_store, args, needle, capsys):
+    """The store is opened (created, ~1 MB) before the study; a command that then fails
+    removes the store it created, as long as no run was written to it."""
+    assert needle in _fails(args, capsys)
+    assert not Path(mlflow_store.removeprefix("sqlite:///")).exists()
+
+
 def test_the_tracking_server_refuses_a_backend_it_cannot_use_before_starting(
     mlflow_store, tmp_path, capsys
 ) -> None:
