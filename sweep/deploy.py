@@ -358,10 +358,10 @@ def serve_command(args: list[str]) -> int:
     host = str(opts["host"]).strip() or DEFAULT_HOST
     if port == 0:
         port = free_port(host)
+    check_port_free(host, port)  # before the model is fetched: it may be large
     model_uri = opts["model"] or champion_uri(opts["study"])
     tracking_uri = tracking.setup(None, answer=_needs_store(model_uri))  # a path needs no store
     info = check_model(model_uri, tracking_uri)  # a clear error now, not a server traceback
-    check_port_free(host, port)
     return serve(model_uri, host, port, tracking_uri, hint=payload_hint(info, model_uri))
 
 

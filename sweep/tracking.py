@@ -58,6 +58,9 @@ def setup(
     # Its ERROR log of a failed commit (a full disk, say) repeats, with screens of
     # traceback, the exception it then raises, which the caller reports in one line.
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
+    # A download's progress bar, redrawn line by line into a log or a pipe, is noise there.
+    if not sys.stderr.isatty():
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     # One "View run at <url>" line per run drowns a study's output; we print our own summary.
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     # A Databricks-only lookup in start_run imports IPython when it is installed (~0.45 s

@@ -88,6 +88,10 @@ def test_servers_refuse_a_port_or_host_they_cannot_listen_on(mlflow_store, capsy
     # 192.0.2.1 (TEST-NET-1, RFC 5737) is no address of this machine; no DNS lookup.
     err = _fails(["serve", "model=models:/m@champion", "host=192.0.2.1", "port=0"], capsys)
     assert "cannot listen on 192.0.2.1:0" in err and "choose host=" in err
+    # Before the model is looked up (and fetched: it may be large).
+    port = free_port()
+    err = _fails(["serve", "model=models:/m@champion", "host=192.0.2.1", f"port={port}"], capsys)
+    assert f"cannot listen on 192.0.2.1:{port}" in err
 
 
 @pytest.mark.parametrize(
