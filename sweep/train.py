@@ -264,6 +264,9 @@ def _train_in_run(
             "mode": mode,
             "best_epoch": best.best_epoch,
             "device": task.trained_on,
+            # What trained, where Lightning replaced what was asked (16-mixed on a CPU
+            # trains in bf16-mixed): the config param keeps what was asked.
+            "precision": str(trainer.precision),
             **({"model_uri": model_uri} if model_uri else {}),
             **(result_tags(result) if result_tags else {}),
         }

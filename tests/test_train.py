@@ -506,6 +506,17 @@ def test_other_precisions_train(tracked, monkeypatch, precision, plain):
     _, result = train([*TINY_SYNTHETIC, f"trainer.precision={precision}"])
     assert seen == [plain]
     assert np.isfinite(result.test["test/acc"]) and result.value is not None
+    assert MlflowClient().get_run(result.run_id).data.tags["precision"] == precision
+
+
+def test_the_precision_lightning_trained_in_is_recorded(tracked):
+    """Lightning trains 16-mixed as bf16-mixed on a CPU (with a warning): the param keeps
+    what was asked, the tag says what trained."""
+    _, result = train([*TINY_SYNTHETIC, "trainer.precision=16-mixed"])
+    record = MlflowClient().get_run(result.run_id)
+    assert record.data.params["trainer.precision"] == "16-mixed"
+    expected = "16-mixed" if torch.cuda.is_available() else "bf16-mixed"
+    assert record.data.tags["precision"] == expected
 
 
 # -- early stopping ------------------------------------------------------------------------
