@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from sweep.config import CONF_DIR, RUN_KEYS, to_container
@@ -136,12 +136,24 @@ def parse_space(raw: Any) -> list[Param]:
             where = getattr(exc, "full_key", None) or "search"
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise SearchSpaceError(f"{where}: {first}") from None
-    if not isinstance(raw, dict) or not raw:
+    if raw and not isinstance(raw, dict):
+        raise SearchSpaceError(
+            f"search: expected a mapping of config keys to parameters "
+            f"(optimizer.lr: {{type: float, low: .., high: ..}}), got a {_kind_of(raw)}"
+        )
+    if not raw:
         raise SearchSpaceError("search: the search space is empty; add at least one parameter")
     params: list[Param] = []
     for key, spec in raw.items():
         params.append(_parse_param(str(key), spec, [p.key for p in params]))
     return params
+
+
+def _kind_of(value: Any) -> str:
+    """A YAML value's kind, as a user wrote it."""
+    if isinstance(value, ListConfig | list | tuple):
+        return "list"
+    return "mapping" if isinstance(value, dict) else type(value).__name__
 
 
 def _parse_param(key: str, spec: Any, earlier: list[str]) -> Param:
@@ -151,6 +163,11 @@ def _parse_param(key: str, spec: Any, earlier: list[str]) -> Param:
             f"{where}: expected a mapping like {{type: float, low: .., high: ..}}"
         )
     kind = spec.get("type")
+    if kind is None and spec and all(isinstance(v, dict) for v in spec.values()):
+        nested = next(iter(spec))
+        raise SearchSpaceError(
+            f"{where}: no type; a nested key is written dotted: {key}.{nested}: {{type: ..}}"
+        )
     if kind not in TYPES:
         raise SearchSpaceError(
             f"{where}.type={kind!r}: unknown type; choose from: {', '.join(TYPES)}"

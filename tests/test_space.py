@@ -80,6 +80,14 @@ def _space(tmp_path: Path, text: str) -> list[str]:
         ("model.width: {type: int, low: 8, high: 20, step: 2, log: true}\n", "step and log"),
         ("optimizer.lr: {type: float, low: 1.0e-3, high: 0.1, choices: [1]}\n", "unknown field"),
         ("optimizer.lr: 0.1\n", "search.optimizer.lr: expected a mapping"),
+        (
+            "optimizer: {lr: {type: float, low: 1.0e-3, high: 0.1}}\n",
+            "search.optimizer: no type; a nested key is written dotted: optimizer.lr: {type: ..}",
+        ),
+        (
+            "- optimizer.lr: {type: float, low: 1.0e-3, high: 0.1}\n",
+            "search: expected a mapping of config keys to parameters",
+        ),
         ("model: {type: int, low: 1, high: 2}\n", "'model' is a config group"),
         (
             "model.width: {type: int, low: 8, high: 20, when: {model: mlp}}\n"
