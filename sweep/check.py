@@ -30,8 +30,10 @@ def load_study(overrides: list[str], must_reach_store: bool = False):
     from sweep import tracking
     from sweep.config import compose
     from sweep.optuna_parts import load_existing_study, storage_url
+    from sweep.study import validate_sweep_config
 
     cfg = compose("sweep", overrides)
+    validate_sweep_config(cfg)  # a value sweep tune would refuse is refused here too
     tracking.setup(cfg.tracking.uri, must_exist=must_reach_store, answer=must_reach_store)
     return load_existing_study(str(cfg.study.name), storage_url(cfg.storage)), cfg
 

@@ -111,9 +111,11 @@ def build_report(
     """
     from sweep import config as config_mod
     from sweep.optuna_parts import load_existing_study, storage_url
+    from sweep.study import validate_sweep_config
     from sweep.tracking import setup
 
     cfg = config_mod.compose("sweep", overrides)
+    validate_sweep_config(cfg)  # a value sweep tune would refuse is refused here too
     name = str(cfg.study.name)
     if not re.fullmatch(_NAME_RE, name):  # the name becomes a file name
         raise ConfigError(f"study.name={name!r}: use letters, digits, '_', '-', '.'")
@@ -929,7 +931,10 @@ def optuna_dashboard_command(args: list[str]) -> int:
             raise ConfigError(f"unknown option {arg}; options: --host H, --port P")
         else:
             overrides.append(arg)
+    from sweep.study import validate_sweep_config
+
     cfg = config_mod.compose("sweep", overrides)
+    validate_sweep_config(cfg)
     url = storage_url(cfg.storage)
     missing = missing_storage_file(url)
     if missing is not None:  # not created empty: a dashboard of nothing

@@ -104,10 +104,8 @@ def prepare(overrides: list[str], check_space: bool = True) -> StudySpec:
     from sweep.train import load_data, monitor_of
 
     cfg = config_mod.compose("sweep", overrides)
-    config_mod.check_top_level(cfg, SWEEP_KEYS)
+    validate_sweep_config(cfg)
     study = cfg.study
-    _check_study_block(study)  # first: tracking.experiment is the study's name
-    config_mod.validate_run_config(cfg)
     params = parse_space(cfg.search)
 
     def compose_run(extra: list[str]) -> DictConfig:
@@ -152,6 +150,14 @@ def prepare(overrides: list[str], check_space: bool = True) -> StudySpec:
         monitor=monitor,
         mode=mode,
     )
+
+
+def validate_sweep_config(cfg: DictConfig) -> None:
+    """The sweep config's keys and values (not its search space, data or storage): for
+    every command that reads one, so that none takes a value another would refuse."""
+    config_mod.check_top_level(cfg, SWEEP_KEYS)
+    _check_study_block(cfg.study)  # first: tracking.experiment is the study's name
+    config_mod.validate_run_config(cfg)
 
 
 def _check_study_block(study: DictConfig) -> None:

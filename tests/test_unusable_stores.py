@@ -110,6 +110,17 @@ def test_a_command_that_fails_leaves_no_new_mlflow_store(mlflow_store, args, nee
     assert not Path(mlflow_store.removeprefix("sqlite:///")).exists()
 
 
+@pytest.mark.parametrize("command", ["check", "report", "optuna-dashboard"])
+def test_commands_that_read_a_study_refuse_values_sweep_tune_refuses(
+    mlflow_store, command, capsys
+) -> None:
+    """They compose the same config: a value it would refuse is not silently ignored."""
+    err = _fails([command, "study.name=s", "optimizer.lr=-1"], capsys)
+    assert err.startswith("optimizer.lr=-1"), err
+    err = _fails([command, "study.name=s", "study.n_trials=abc"], capsys)
+    assert err.startswith("study.n_trials"), err
+
+
 def test_the_tracking_server_refuses_a_backend_it_cannot_use_before_starting(
     mlflow_store, tmp_path, capsys
 ) -> None:
