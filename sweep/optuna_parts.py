@@ -207,9 +207,13 @@ def storage_url(cfg: Any, root: Path | None = None) -> str:
     """The storage URL: ``url`` if set, else the embedded file under the project."""
     if cfg.get("url"):
         return str(cfg.url)
+    if not str(cfg.get("path") or "").strip():
+        raise ConfigError("storage.path: empty; give the storage's file, or storage.url")
     path = Path(cfg.path)
     if not path.is_absolute():
         path = (root or Path.cwd()) / path
+    if path.is_dir():
+        raise ConfigError(f"storage.path={cfg.path}: a directory; give the storage's file in it")
     if cfg.name == "sqlite":
         return f"sqlite:///{path}"  # sqlite:////abs: SQLAlchemy's absolute path
     return f"journal:///{str(path).lstrip('/')}"  # journal:///abs, as file:///abs

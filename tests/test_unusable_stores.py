@@ -100,8 +100,16 @@ def test_servers_refuse_a_port_or_host_they_cannot_listen_on(mlflow_store, capsy
         (["worker", *TINY, "study.name=nope"], "study.name=nope: no such study"),
         (["tune", *TINY, "storage.path=/proc/none/journal"], "/proc/none/journal"),
         (["tune", *TINY, "storage=sqlite", "storage.path=/proc/none/optuna.db"], "/proc/none"),
+        (["tune", *TINY, "storage.path="], "storage.path: empty"),
+        (["tune", *TINY, "storage.path=/tmp"], "storage.path=/tmp: a directory"),
     ],
-    ids=["worker-of-no-study", "journal-cannot-be-made", "sqlite-storage-cannot-be-made"],
+    ids=[
+        "worker-of-no-study",
+        "journal-cannot-be-made",
+        "sqlite-storage-cannot-be-made",
+        "storage-path-empty",
+        "storage-path-a-folder",
+    ],
 )
 def test_a_command_that_fails_leaves_no_new_mlflow_store(mlflow_store, args, needle, capsys):
     """The store is opened (created, ~1 MB) before the study; a command that then fails
