@@ -81,8 +81,9 @@ def mismatches(
     """Every disagreement between the study's trials and its trial runs; with ``parent``
     (the study's parent run), also that run left RUNNING by a coordinator that is gone,
     and any RUNNING champion re-run in ``reruns`` whose process is gone."""
-    from sweep.workers import worker_gone
+    from sweep.workers import dead_trial_reason, ownerless_grace_seconds, worker_gone
 
+    grace = ownerless_grace_seconds(study)
     problems: list[str] = []
     by_id = {r.info.run_id: r for r in runs}
     claimed: set[str] = set()
@@ -92,10 +93,12 @@ def mismatches(
         if state == "WAITING":
             continue
         label = f"trial {trial.number} ({state})"
-        if state == "RUNNING" and worker_gone(trial.user_attrs.get("worker")):
+        if state == "RUNNING" and (dead := dead_trial_reason(trial, grace)):
+            if "worker" in trial.user_attrs:
+                dead = f"its worker {trial.user_attrs['worker']} is gone"
             problems.append(
-                f"{label}: its worker {trial.user_attrs['worker']} is gone; rerun the "
-                f"study's sweep tune (or sweep worker) command to recover it"
+                f"{label}: {dead}; rerun the study's sweep tune (or sweep worker) command "
+                f"to recover it"
             )
         run_id = trial.user_attrs.get("mlflow_run_id")
         if not run_id:

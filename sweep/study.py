@@ -697,26 +697,11 @@ class Objective:
     def _record_early_failure(self, trial) -> None:
         """A FAILED child run for a trial that failed before training started, so that
         every trial has its run."""
-        from mlflow.tracking import MlflowClient
+        from sweep.workers import record_failed_run
 
-        from sweep import tracking
-
-        client = MlflowClient()
-        run = client.create_run(
-            tracking.ensure_experiment(self.spec.name),
-            run_name=f"trial-{trial.number:04d}",
-            tags={
-                **tracking.run_context_tags(),
-                "mlflow.parentRunId": self.parent_run_id,
-                "sweep.role": "trial",
-                "study.name": self.spec.name,
-                "trial.number": str(trial.number),
-                "sampler": self.sampler_name,
-                "error": trial.user_attrs.get("error", ""),
-            },
-        )
-        client.set_terminated(run.info.run_id, status="FAILED")
-        trial.set_user_attr("mlflow_run_id", run.info.run_id)
+        error = trial.user_attrs.get("error", "")
+        tags = {"sampler": self.sampler_name}
+        record_failed_run(trial.study, trial._trial_id, trial.number, error, tags)
 
     def _run(self, trial) -> float | list[float]:
         import optuna

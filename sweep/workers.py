@@ -33,6 +33,9 @@ from typing import Any
 POLL_SECONDS = 2.0  # how often dead workers are looked for
 EXIT_POLL_SECONDS = 0.1  # how soon a worker's exit is noticed
 STOP_GRACE_SECONDS = 60.0
+# A RUNNING trial without a ``worker`` attr this long after its start is dead (see
+# :func:`ownerless_grace_seconds`): a live worker records itself within milliseconds.
+OWNERLESS_GRACE_SECONDS = 60.0
 WORKER_INDEX_ENV = "SWEEP_WORKER_INDEX"  # set in the worker processes a supervisor starts
 # Set in workers `sweep tune` starts before its study exists: they import and prepare, then
 # wait for one line on stdin ("go": join the study; end of input: exit, nothing done).
@@ -96,23 +99,94 @@ def retry_trial(study, trial, reason: str) -> None:
         )
 
 
-def fail_dead_trials(study) -> list[int]:
-    """Fail (and re-enqueue) RUNNING trials whose worker process on this host is gone."""
-    from optuna.trial import TrialState
+def ownerless_grace_seconds(study) -> float:
+    """How long a RUNNING trial may go without its ``worker`` attr before it is taken for
+    dead: the storage's heartbeat grace period where it has one (Optuna's own measure of
+    a silent trial), else :data:`OWNERLESS_GRACE_SECONDS`."""
+    backend = getattr(study._storage, "_backend", study._storage)  # under Optuna's cache
+    interval = getattr(backend, "heartbeat_interval", None)
+    grace = getattr(backend, "grace_period", None) or (2 * interval if interval else None)
+    return float(grace or OWNERLESS_GRACE_SECONDS)
+
+
+def dead_trial_reason(trial, grace: float) -> str | None:
+    """Why the RUNNING ``trial`` is dead, or None when it may be alive: its worker process
+    on this host is gone, or no worker recorded itself on it within ``grace`` seconds."""
+    import datetime
 
     host = platform.node()
+    owner = _owner(trial)
+    if owner is None:
+        # A live worker records itself first thing, milliseconds after Optuna creates the
+        # trial; a trial still without one later lost its process (or its process lost the
+        # storage) in between. Optuna's heartbeat never fails it: it has no heartbeat row
+        # either (optuna #4026).
+        started = trial.datetime_start
+        if started is None or (datetime.datetime.now() - started).total_seconds() < grace:
+            return None
+        return (
+            f"no worker recorded it within {grace:g} s of its start (its process died or "
+            "lost the storage)"
+        )
+    if owner[0] != host or pid_alive(owner[1]) or owner[1] == os.getpid():
+        return None
+    return f"worker process {owner[1]} on {host} died during the trial"
+
+
+def fail_dead_trials(study) -> list[int]:
+    """Fail (and re-enqueue) RUNNING trials whose worker process on this host is gone, and
+    those no worker ever recorded itself on (see :func:`ownerless_grace_seconds`); a
+    failed trial that had no MLflow run yet gets a FAILED one."""
+    from optuna.trial import TrialState
+
+    grace = ownerless_grace_seconds(study)
     failed = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        owner = _owner(trial)
-        if owner is None or owner[0] != host or pid_alive(owner[1]) or owner[1] == os.getpid():
+        reason = dead_trial_reason(trial, grace)
+        if reason is None:
             continue
-        reason = f"worker process {owner[1]} on {host} died during the trial"
         storage = study._storage  # the public BaseStorage API, on the study's own storage
         storage.set_trial_user_attr(trial._trial_id, "error", reason)
+        if "mlflow_run_id" not in trial.user_attrs:  # recorded while it may still be
+            record_failed_run(study, trial._trial_id, trial.number, reason)  # updated
         if storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
             failed.append(trial.number)
             retry_trial(study, trial, reason)
     return failed
+
+
+def record_failed_run(
+    study, trial_id: int, number: int, error: str, tags: dict[str, str] | None = None
+) -> str | None:
+    """A FAILED child run of the study's parent run for trial ``number``, which failed
+    before its own run existed: every trial has its run (`sweep check` says so). None when
+    the study has no parent run yet."""
+    from mlflow.tracking import MlflowClient
+
+    from sweep import tracking
+    from sweep.study import PARENT_RUN_ATTR
+
+    parent_run_id = study.user_attrs.get(PARENT_RUN_ATTR)
+    if not parent_run_id:
+        return None
+    client = MlflowClient()
+    run = client.create_run(
+        client.get_run(parent_run_id).info.experiment_id,
+        run_name=f"trial-{number:04d}",
+        tags={
+            **tracking.run_context_tags(),
+            "mlflow.parentRunId": parent_run_id,
+            "sweep.role": "trial",
+            "study.name": study.study_name,
+            "trial.number": str(number),
+            "trial.state": "FAIL",
+            "error": error,
+            **(tags or {}),
+        },
+    )
+    client.set_terminated(run.info.run_id, status="FAILED")
+    study._storage.set_trial_user_attr(trial_id, "mlflow_run_id", run.info.run_id)
+    return run.info.run_id
 
 
 def fail_stale_trials(study) -> None:

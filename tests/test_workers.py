@@ -659,6 +659,62 @@ def test_orphan_runs_are_closed_and_each_failed_trials_run_read_once(tracked, mo
     assert statuses == ["FAILED", "KILLED", "KILLED"]
 
 
+def test_a_trial_no_worker_recorded_itself_on_is_failed_once_past_the_grace(tracked, tmp_path):
+    """Optuna created the trial, then its process died or lost the storage before the
+    trial recorded its worker: it has no owner and no heartbeat, and Optuna never fails it
+    (optuna #4026). Past the grace period it is failed, its point retried and a FAILED run
+    recorded for it; a younger one is left to its live worker."""
+    import datetime
+
+    import optuna
+    from mlflow.tracking import MlflowClient
+
+    from sweep import workers
+    from sweep.check import mismatches
+    from sweep.optuna_parts import build_storage
+    from sweep.study import PARENT_RUN_ATTR
+
+    client = MlflowClient()
+    experiment = client.create_experiment("ownerless")
+    parent = client.create_run(experiment).info.run_id
+    study = optuna.create_study(study_name="ownerless")
+    study.set_user_attr(PARENT_RUN_ATTR, parent)
+    lr = optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True)
+    for age, params in ((120, {"optimizer.lr": 0.01}), (1, {})):
+        trial = optuna.trial.create_trial(
+            state=optuna.trial.TrialState.RUNNING,
+            params=params,
+            distributions={k: lr for k in params},
+        )
+        trial.datetime_start = datetime.datetime.now() - datetime.timedelta(seconds=age)
+        study.add_trial(trial)
+
+    assert workers.ownerless_grace_seconds(study) == workers.OWNERLESS_GRACE_SECONDS
+    dead = [p for p in mismatches(study, []) if "recover it" in p]
+    assert dead == [
+        "trial 0 (RUNNING): no worker recorded it within 60 s of its start (its process died "
+        "or lost the storage); rerun the study's sweep tune (or sweep worker) command to "
+        "recover it"
+    ]
+    assert workers.fail_dead_trials(study) == [0]
+    old, young, retry = study.get_trials()
+    assert (old.state.name, young.state.name, retry.state.name) == ("FAIL", "RUNNING", "WAITING")
+    assert "no worker recorded it within 60 s" in old.user_attrs["error"]
+    assert retry.system_attrs["fixed_params"] == old.params == {"optimizer.lr": 0.01}
+    assert retry.user_attrs["retry_of"] == 0
+    run = client.get_run(old.user_attrs["mlflow_run_id"])
+    assert run.info.status == "FAILED"
+    assert run.data.tags["mlflow.parentRunId"] == parent
+    assert (run.data.tags["trial.number"], run.data.tags["trial.state"]) == ("0", "FAIL")
+    assert not [p for p in mismatches(study, [run]) if p.startswith("trial 0 ")]
+    assert workers.fail_dead_trials(study) == []  # once
+
+    # An RDB storage with a heartbeat: its grace period is the measure.
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    beating = optuna.create_study(storage=build_storage(url, 1, 5))
+    assert workers.ownerless_grace_seconds(beating) == 5.0
+
+
 @pytest.mark.parametrize("value", ["0", "two", "-1"])
 def test_tracking_server_refuses_a_bad_workers_count_before_starting(value):
     from sweep.errors import ConfigError
