@@ -81,9 +81,9 @@ def mismatches(
     """Every disagreement between the study's trials and its trial runs; with ``parent``
     (the study's parent run), also that run left RUNNING by a coordinator that is gone,
     and any RUNNING champion re-run in ``reruns`` whose process is gone."""
-    from sweep.workers import dead_trial_reason, ownerless_grace_seconds, worker_gone
+    from sweep.workers import dead_trials, worker_gone
 
-    grace = ownerless_grace_seconds(study)
+    dead_by_number = {trial.number: reason for trial, reason in dead_trials(study)}
     problems: list[str] = []
     by_id = {r.info.run_id: r for r in runs}
     claimed: set[str] = set()
@@ -93,7 +93,7 @@ def mismatches(
         if state == "WAITING":
             continue
         label = f"trial {trial.number} ({state})"
-        if state == "RUNNING" and (dead := dead_trial_reason(trial, grace)):
+        if state == "RUNNING" and (dead := dead_by_number.get(trial.number)):
             if "worker" in trial.user_attrs:
                 dead = f"its worker {trial.user_attrs['worker']} is gone"
             problems.append(

@@ -36,6 +36,11 @@ STOP_GRACE_SECONDS = 60.0
 # A RUNNING trial without a ``worker`` attr this long after its start is dead (see
 # :func:`ownerless_grace_seconds`): a live worker records itself within milliseconds.
 OWNERLESS_GRACE_SECONDS = 60.0
+# How long after a first look a trial without a worker is looked at again: its start time
+# is on the clock of the machine that made it (naive local time, Optuna's), which may be
+# another time zone's, so only a second look tells a dead trial from one whose live worker
+# is milliseconds from recording itself.
+OWNERLESS_CONFIRM_SECONDS = 2.0
 WORKER_INDEX_ENV = "SWEEP_WORKER_INDEX"  # set in the worker processes a supervisor starts
 # Set in workers `sweep tune` starts before its study exists: they import and prepare, then
 # wait for one line on stdin ("go": join the study; end of input: exit, nothing done).
@@ -110,8 +115,10 @@ def ownerless_grace_seconds(study) -> float:
 
 
 def dead_trial_reason(trial, grace: float) -> str | None:
-    """Why the RUNNING ``trial`` is dead, or None when it may be alive: its worker process
-    on this host is gone, or no worker recorded itself on it within ``grace`` seconds."""
+    """Why the RUNNING ``trial`` looks dead, or None when it may be alive: its worker
+    process on this host is gone, or no worker recorded itself on it and its start is more
+    than ``grace`` seconds from now (either way: see :func:`dead_trials`, which confirms
+    that case with a second look)."""
     import datetime
 
     host = platform.node()
@@ -122,7 +129,7 @@ def dead_trial_reason(trial, grace: float) -> str | None:
         # storage) in between. Optuna's heartbeat never fails it: it has no heartbeat row
         # either (optuna #4026).
         started = trial.datetime_start
-        if started is None or (datetime.datetime.now() - started).total_seconds() < grace:
+        if started is None or abs((datetime.datetime.now() - started).total_seconds()) < grace:
             return None
         return (
             f"no worker recorded it within {grace:g} s of its start (its process died or "
@@ -133,18 +140,38 @@ def dead_trial_reason(trial, grace: float) -> str | None:
     return f"worker process {owner[1]} on {host} died during the trial"
 
 
-def fail_dead_trials(study) -> list[int]:
-    """Fail (and re-enqueue) RUNNING trials whose worker process on this host is gone, and
-    those no worker ever recorded itself on (see :func:`ownerless_grace_seconds`); a
-    failed trial that had no MLflow run yet gets a FAILED one."""
+def dead_trials(study) -> list[tuple[Any, str]]:
+    """The study's dead RUNNING trials, each with why (:func:`dead_trial_reason`).
+
+    A trial without a worker counts only if it still has none, and is still RUNNING,
+    :data:`OWNERLESS_CONFIRM_SECONDS` after the first look: its start time may be on
+    another machine's clock, hours off in another time zone, and a live worker may be in
+    the milliseconds between Optuna's ``ask`` and recording itself. The wait happens only
+    where such a trial is seen, which is after a crash."""
     from optuna.trial import TrialState
 
     grace = ownerless_grace_seconds(study)
-    failed = []
+    dead: list[tuple[Any, str]] = []
+    ownerless: list[tuple[Any, str]] = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        reason = dead_trial_reason(trial, grace)
-        if reason is None:
-            continue
+        if (reason := dead_trial_reason(trial, grace)) is not None:
+            (dead if _owner(trial) else ownerless).append((trial, reason))
+    if ownerless:
+        time.sleep(OWNERLESS_CONFIRM_SECONDS)
+        for trial, reason in ownerless:
+            again = study._storage.get_trial(trial._trial_id)
+            if again.state == TrialState.RUNNING and _owner(again) is None:
+                dead.append((again, reason))
+    return sorted(dead, key=lambda pair: pair[0].number)
+
+
+def fail_dead_trials(study) -> list[int]:
+    """Fail (and re-enqueue) the study's dead RUNNING trials (:func:`dead_trials`); a
+    failed trial that had no MLflow run yet gets a FAILED one."""
+    from optuna.trial import TrialState
+
+    failed = []
+    for trial, reason in dead_trials(study):
         storage = study._storage  # the public BaseStorage API, on the study's own storage
         storage.set_trial_user_attr(trial._trial_id, "error", reason)
         if "mlflow_run_id" not in trial.user_attrs:  # recorded while it may still be

@@ -663,8 +663,11 @@ def test_a_trial_no_worker_recorded_itself_on_is_failed_once_past_the_grace(trac
     """Optuna created the trial, then its process died or lost the storage before the
     trial recorded its worker: it has no owner and no heartbeat, and Optuna never fails it
     (optuna #4026). Past the grace period it is failed, its point retried and a FAILED run
-    recorded for it; a younger one is left to its live worker."""
+    recorded for it; a younger one is left to its live worker. A start time on another
+    machine's clock (an hour off: another time zone) counts only if a second look finds
+    the trial still without a worker."""
     import datetime
+    import threading
 
     import optuna
     from mlflow.tracking import MlflowClient
@@ -680,7 +683,8 @@ def test_a_trial_no_worker_recorded_itself_on_is_failed_once_past_the_grace(trac
     study = optuna.create_study(study_name="ownerless")
     study.set_user_attr(PARENT_RUN_ATTR, parent)
     lr = optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True)
-    for age, params in ((120, {"optimizer.lr": 0.01}), (1, {})):
+
+    def add_running(age: float, params: dict) -> int:
         trial = optuna.trial.create_trial(
             state=optuna.trial.TrialState.RUNNING,
             params=params,
@@ -688,25 +692,41 @@ def test_a_trial_no_worker_recorded_itself_on_is_failed_once_past_the_grace(trac
         )
         trial.datetime_start = datetime.datetime.now() - datetime.timedelta(seconds=age)
         study.add_trial(trial)
+        return study.get_trials(deepcopy=False)[-1]._trial_id
+
+    add_running(120, {"optimizer.lr": 0.01})
+    add_running(1, {})
+    add_running(-3600, {})  # made by a machine whose clock is an hour ahead
 
     assert workers.ownerless_grace_seconds(study) == workers.OWNERLESS_GRACE_SECONDS
     dead = [p for p in mismatches(study, []) if "recover it" in p]
+    reason = "no worker recorded it within 60 s of its start (its process died or lost the storage)"
     assert dead == [
-        "trial 0 (RUNNING): no worker recorded it within 60 s of its start (its process died "
-        "or lost the storage); rerun the study's sweep tune (or sweep worker) command to "
-        "recover it"
+        f"trial {n} (RUNNING): {reason}; rerun the study's sweep tune (or sweep worker) "
+        "command to recover it"
+        for n in (0, 2)
     ]
-    assert workers.fail_dead_trials(study) == [0]
-    old, young, retry = study.get_trials()
-    assert (old.state.name, young.state.name, retry.state.name) == ("FAIL", "RUNNING", "WAITING")
-    assert "no worker recorded it within 60 s" in old.user_attrs["error"]
+    # A trial made an hour ago by another machine's clock, whose live worker records
+    # itself just after the first look.
+    live = add_running(3600, {})
+    records = threading.Timer(
+        0.3, study._storage.set_trial_user_attr, (live, "worker", workers.this_process())
+    )
+    records.start()
+    assert workers.fail_dead_trials(study) == [0, 2]
+    records.join()
+    old, young, ahead, late, retry = study.get_trials()
+    states = [t.state.name for t in (old, young, ahead, late, retry)]
+    assert states == ["FAIL", "RUNNING", "FAIL", "RUNNING", "WAITING"]
+    assert old.user_attrs["error"] == ahead.user_attrs["error"] == reason
     assert retry.system_attrs["fixed_params"] == old.params == {"optimizer.lr": 0.01}
-    assert retry.user_attrs["retry_of"] == 0
+    assert retry.user_attrs["retry_of"] == 0  # the one without params has no point to retry
     run = client.get_run(old.user_attrs["mlflow_run_id"])
     assert run.info.status == "FAILED"
     assert run.data.tags["mlflow.parentRunId"] == parent
     assert (run.data.tags["trial.number"], run.data.tags["trial.state"]) == ("0", "FAIL")
-    assert not [p for p in mismatches(study, [run]) if p.startswith("trial 0 ")]
+    runs = [client.get_run(t.user_attrs["mlflow_run_id"]) for t in (old, ahead)]
+    assert not [p for p in mismatches(study, runs) if p.startswith(("trial 0 ", "trial 2 "))]
     assert workers.fail_dead_trials(study) == []  # once
 
     # An RDB storage with a heartbeat: its grace period is the measure.
