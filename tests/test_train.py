@@ -7,6 +7,7 @@ import re
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -664,7 +665,10 @@ def test_a_signal_inside_an_mlflow_sqlite_write_still_ends_the_run_killed(tracke
     armed: list[bool] = []
 
     def after_execute(conn, cursor, statement, *args) -> None:
-        if armed and statement.lstrip().startswith("SELECT runs.run_uuid"):
+        # The flush's own statement, in the main thread: the listener sees every engine's,
+        # a thread an earlier test of this process left behind included.
+        in_main = threading.current_thread() is threading.main_thread()
+        if armed and in_main and statement.lstrip().startswith("SELECT runs.run_uuid"):
             armed.clear()
             signal.raise_signal(signal.SIGINT)  # a real signal, inside the write
 
